@@ -1,0 +1,44 @@
+# The two commands a new user types are `make run` and `make test` (see README.md).
+# Each builds the virtualenv from the pinned lock file on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck layers unit bench clean system-deps
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(STAMP)
+
+system-deps:
+	@scripts/system-deps.sh
+
+## Start the control plane on the embedded SQLite store (data in ~/.local/share/fleetplane).
+run: $(STAMP)
+	@$(BIN)/fleetplane server
+
+## Everything CI runs: lint, types, the layer contract, then the whole test suite.
+test: $(STAMP) system-deps lint typecheck layers unit
+
+lint: $(STAMP)
+	@$(BIN)/ruff check src tests bench
+	@$(BIN)/ruff format --check src tests bench >/dev/null || { echo "ruff format: run '$(BIN)/ruff format src tests bench'"; exit 1; }
+
+typecheck: $(STAMP)
+	@$(BIN)/mypy
+
+layers: $(STAMP)
+	@$(BIN)/lint-imports
+
+unit: $(STAMP)
+	@scripts/pytest.sh
+
+bench: $(STAMP) system-deps
+	@$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

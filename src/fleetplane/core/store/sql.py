@@ -1,0 +1,410 @@
+"""The SQL implementation of the store, shared by the SQLite and PostgreSQL backends.
+
+Writers are serialized by the single ``meta.revision`` row: each write transaction
+first bumps it (taking its row lock, or SQLite's write lock), so revisions commit in
+order and a watcher reading ``events`` by revision never skips a late commit.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+from fleetplane.core.errors import already_exists, conflict, expired, not_found
+from fleetplane.core.objects import Obj, labels_of, new_uid, now_rfc3339
+from fleetplane.core.selectors import Selector
+from fleetplane.core.store.base import (
+    CommitListener,
+    Event,
+    EventType,
+    FieldFilter,
+    ListResult,
+    Store,
+    UpdatePart,
+    decode_continue,
+    encode_continue,
+)
+
+metadata = MetaData()
+objects_table = Table(
+    "objects",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("kind", String(63), primary_key=True),
+    Column("namespace", String(63), primary_key=True),
+    Column("name", String(253), primary_key=True),
+    Column("rv", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+)
+events_table = Table(
+    "events",
+    metadata,
+    Column("rev", BigInteger, primary_key=True, autoincrement=False),
+    Column("type", String(16), nullable=False),
+    Column("tenant", String(253), nullable=False),
+    Column("kind", String(63), nullable=False),
+    Column("namespace", String(63), nullable=False),
+    Column("name", String(253), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("prev_labels", Text),
+)
+meta_table = Table(
+    "meta",
+    metadata,
+    Column("key", String(63), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+Index("objects_rv", objects_table.c.rv)
+
+LIST_BATCH = 500
+
+
+def dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def _row_event(row: Any) -> Event:
+    return Event(
+        revision=int(row.rev),
+        type=EventType(row.type),
+        tenant=row.tenant,
+        kind=row.kind,
+        namespace=row.namespace,
+        name=row.name,
+        object=orjson.loads(row.data),
+        prev_labels=orjson.loads(row.prev_labels) if row.prev_labels else None,
+    )
+
+
+class SqlStore(Store):
+    """Dialect-neutral store; subclasses say how transactions begin and commits are announced."""
+
+    begin_read = "BEGIN"
+    begin_write = "BEGIN"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._listeners: list[CommitListener] = []
+        self._local_write_lock = threading.Lock()
+        metadata.create_all(engine)
+        with self._tx(write=True) as conn:
+            for key in ("revision", "compacted"):
+                conn.execute(
+                    text("INSERT INTO meta (key, value) VALUES (:k, 0) ON CONFLICT (key) DO NOTHING"),
+                    {"k": key},
+                )
+
+    # -- transactions -------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Connection]:
+        """An explicit transaction on an autocommit connection, so that we choose
+        exactly how it begins (``BEGIN IMMEDIATE`` on SQLite, snapshot reads on PG)."""
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
+            conn.exec_driver_sql(self.begin_write if write else self.begin_read)
+            try:
+                yield conn
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Connection, int]]:
+        """A write transaction holding the next revision; listeners hear of it after commit."""
+        with self._local_write_lock, self._tx(write=True) as conn:
+            rev = int(
+                conn.execute(
+                    text("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value")
+                ).scalar_one()
+            )
+            self._announce(conn, rev)
+            yield conn, rev
+        for listener in list(self._listeners):
+            listener(rev)
+
+    def _announce(self, conn: Connection, revision: int) -> None:
+        """Hook for backends that tell other replicas about a commit (inside the transaction)."""
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _load(self, conn: Connection, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
+        row = conn.execute(
+            text(
+                "SELECT data FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
+            ),
+            {"t": tenant, "k": kind, "ns": namespace, "n": name},
+        ).first()
+        return orjson.loads(row.data) if row else None
+
+    def _record(
+        self, conn: Connection, rev: int, etype: EventType, tenant: str, obj: Obj, prev: Obj | None
+    ) -> None:
+        m = obj["metadata"]
+        ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
+        data = dumps(obj)
+        params = {"t": tenant, "k": kind, "ns": ns, "n": name, "rv": rev, "d": data}
+        if etype is EventType.ADDED:
+            conn.execute(
+                text(
+                    "INSERT INTO objects (tenant, kind, namespace, name, rv, data) "
+                    "VALUES (:t, :k, :ns, :n, :rv, :d)"
+                ),
+                params,
+            )
+        elif etype is EventType.MODIFIED:
+            conn.execute(
+                text(
+                    "UPDATE objects SET rv = :rv, data = :d "
+                    "WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
+                ),
+                params,
+            )
+        else:
+            conn.execute(
+                text("DELETE FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"),
+                params,
+            )
+        conn.execute(
+            text(
+                "INSERT INTO events (rev, type, tenant, kind, namespace, name, data, prev_labels) "
+                "VALUES (:rv, :ty, :t, :k, :ns, :n, :d, :pl)"
+            ),
+            {**params, "ty": etype.value, "pl": dumps(labels_of(prev)) if prev is not None else None},
+        )
+
+    # -- the contract ---------------------------------------------------------------
+
+    def create(self, tenant: str, obj: Obj) -> Obj:
+        m = obj["metadata"]
+        ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
+        with self._write() as (conn, rev):
+            if self._load(conn, tenant, kind, ns, name) is not None:
+                raise already_exists(kind, name)
+            meta = {k: v for k, v in m.items() if k not in ("deletionTimestamp",)}
+            meta.update(
+                uid=new_uid(), generation=1, creationTimestamp=now_rfc3339(), resourceVersion=str(rev)
+            )
+            if not ns:
+                meta.pop("namespace", None)
+            new = {**obj, "metadata": meta}
+            self._record(conn, rev, EventType.ADDED, tenant, new, None)
+        return new
+
+    def get(self, tenant: str, kind: str, namespace: str, name: str) -> Obj:
+        with self._tx(write=False) as conn:
+            obj = self._load(conn, tenant, kind, namespace, name)
+        if obj is None:
+            raise not_found(kind, name)
+        return obj
+
+    def list(
+        self,
+        tenant: str,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        selector: Selector | None = None,
+        field_filter: FieldFilter | None = None,
+        limit: int = 0,
+        continue_token: str | None = None,
+    ) -> ListResult:
+        after: tuple[str, str] | None = None
+        list_rev: int | None = None
+        if continue_token:
+            list_rev, ans, an = decode_continue(continue_token)
+            after = (ans, an)
+        sql = "SELECT namespace, name, data FROM objects WHERE tenant = :t AND kind = :k"
+        params: dict[str, Any] = {"t": tenant, "k": kind}
+        if namespace is not None:
+            sql += " AND namespace = :ns"
+            params["ns"] = namespace
+        items: list[Obj] = []
+        filtering = (selector is not None and not selector.empty) or field_filter is not None
+        with self._tx(write=False) as conn:
+            current = int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
+            if list_rev is not None and list_rev < self._compacted(conn):
+                raise expired(
+                    "The provided continue parameter is too old to display a consistent list result."
+                )
+            while True:
+                page_sql = sql
+                if after is not None:
+                    page_sql += " AND (namespace > :ans OR (namespace = :ans AND name > :an))"
+                    params.update(ans=after[0], an=after[1])
+                batch = LIST_BATCH if (filtering or not limit) else limit + 1 - len(items)
+                rows = conn.execute(
+                    text(page_sql + " ORDER BY namespace, name LIMIT :lim"), {**params, "lim": batch}
+                ).all()
+                for row in rows:
+                    if limit and len(items) == limit:
+                        token = encode_continue(list_rev or current, *after) if after else None
+                        return ListResult(items, list_rev or current, token)
+                    after = (row.namespace, row.name)
+                    obj = orjson.loads(row.data)
+                    if selector is not None and not selector.matches(labels_of(obj)):
+                        continue
+                    if field_filter is not None and not field_filter(obj):
+                        continue
+                    items.append(obj)
+                if len(rows) < batch:
+                    return ListResult(items, list_rev or current, None)
+
+    def scan(self, kinds: tuple[str, ...]) -> tuple[int, builtins.list[tuple[str, Obj]]]:
+        out: list[tuple[str, Obj]] = []
+        with self._tx(write=False) as conn:
+            current = int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
+            for kind in kinds:
+                rows = conn.execute(
+                    text("SELECT tenant, data FROM objects WHERE kind = :k ORDER BY tenant, namespace, name"),
+                    {"k": kind},
+                )
+                out.extend((row.tenant, orjson.loads(row.data)) for row in rows)
+        return current, out
+
+    def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all") -> Obj:
+        try:
+            return self._update(tenant, obj, part)
+        except _NoChange as same:
+            return same.obj
+
+    def _update(self, tenant: str, obj: Obj, part: UpdatePart) -> Obj:
+        m = obj["metadata"]
+        ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
+        with self._write() as (conn, rev):
+            old = self._load(conn, tenant, kind, ns, name)
+            if old is None:
+                raise not_found(kind, name)
+            om = old["metadata"]
+            want = m.get("resourceVersion")
+            if want and str(want) != om["resourceVersion"]:
+                raise conflict(
+                    kind,
+                    name,
+                    "the object has been modified; please apply your changes "
+                    "to the latest version and try again",
+                )
+            if part == "status":
+                new = {**old, "status": obj.get("status", {})}
+                meta = dict(om)
+            else:
+                new = {**obj}
+                if part == "main" and "status" in old:
+                    new["status"] = old["status"]
+                elif part == "main":
+                    new.pop("status", None)
+                meta = {k: v for k, v in m.items() if k not in ("uid", "creationTimestamp", "generation")}
+                for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
+                    if k in om:
+                        meta[k] = om[k]
+                if not ns:
+                    meta.pop("namespace", None)
+            if new.get("spec") != old.get("spec"):
+                meta["generation"] = int(om.get("generation", 1)) + 1
+            meta["resourceVersion"] = om["resourceVersion"]
+            new["metadata"] = meta
+            if new == old:
+                # A no-op write changes nothing and keeps the revision, as Kubernetes does.
+                raise _NoChange(old)
+            meta["resourceVersion"] = str(rev)
+            done = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
+            self._record(conn, rev, EventType.DELETED if done else EventType.MODIFIED, tenant, new, old)
+        return new
+
+    def delete(
+        self, tenant: str, kind: str, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> Obj:
+        try:
+            return self._delete(tenant, kind, namespace, name, resource_version)
+        except _NoChange as same:
+            return same.obj
+
+    def _delete(self, tenant: str, kind: str, namespace: str, name: str, resource_version: str | None) -> Obj:
+        with self._write() as (conn, rev):
+            old = self._load(conn, tenant, kind, namespace, name)
+            if old is None:
+                raise not_found(kind, name)
+            if resource_version and resource_version != old["metadata"]["resourceVersion"]:
+                raise conflict(
+                    kind,
+                    name,
+                    "the object has been modified; please apply your changes "
+                    "to the latest version and try again",
+                )
+            meta = {**old["metadata"], "resourceVersion": str(rev)}
+            if meta.get("finalizers"):
+                if meta.get("deletionTimestamp"):
+                    raise _NoChange(old)
+                meta["deletionTimestamp"] = now_rfc3339()
+                new = {**old, "metadata": meta}
+                self._record(conn, rev, EventType.MODIFIED, tenant, new, old)
+            else:
+                new = {**old, "metadata": meta}
+                self._record(conn, rev, EventType.DELETED, tenant, new, old)
+        return new
+
+    def revision(self) -> int:
+        with self._tx(write=False) as conn:
+            return int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
+
+    def _compacted(self, conn: Connection) -> int:
+        return int(conn.execute(text("SELECT value FROM meta WHERE key = 'compacted'")).scalar_one())
+
+    def compacted_revision(self) -> int:
+        with self._tx(write=False) as conn:
+            return self._compacted(conn)
+
+    def events_since(self, revision: int, limit: int = 1000) -> builtins.list[Event]:
+        with self._tx(write=False) as conn:
+            compacted = self._compacted(conn)
+            if revision < compacted:
+                raise expired(f"too old resource version: {revision} ({compacted})")
+            rows = conn.execute(
+                text(
+                    "SELECT rev, type, tenant, kind, namespace, name, data, prev_labels FROM events "
+                    "WHERE rev > :r ORDER BY rev LIMIT :lim"
+                ),
+                {"r": revision, "lim": limit},
+            ).all()
+        return [_row_event(r) for r in rows]
+
+    def compact(self, keep: int) -> int:
+        with self._local_write_lock, self._tx(write=True) as conn:
+            current = int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
+            target = max(self._compacted(conn), current - keep)
+            conn.execute(text("DELETE FROM events WHERE rev <= :c"), {"c": target})
+            conn.execute(text("UPDATE meta SET value = :c WHERE key = 'compacted'"), {"c": target})
+        return target
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+class _NoChange(Exception):
+    """Raised inside a write transaction to roll back a write that changes nothing."""
+
+    def __init__(self, obj: Obj) -> None:
+        super().__init__("no change")
+        self.obj = obj

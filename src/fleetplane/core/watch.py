@@ -1,0 +1,219 @@
+"""The watch hub: one tail of the store's event log per process, fanned out to watchers.
+
+Local commits and (on PostgreSQL) other replicas' NOTIFYs wake the hub; a slow poll
+covers anything missed. A watcher first replays the log from its revision, then
+follows the live stream, so a watch resumes exactly where the client left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fleetplane.core.errors import ApiError
+from fleetplane.core.objects import labels_of
+from fleetplane.core.selectors import Selector
+from fleetplane.core.store.base import Event, EventType, FieldFilter, Store
+
+log = logging.getLogger(__name__)
+QUEUE_LIMIT = 10_000
+
+
+ANY_TENANT = "*"
+
+
+@dataclass(frozen=True)
+class WatchFilter:
+    tenant: str  # ANY_TENANT for controllers that serve every tenant
+    kinds: tuple[str, ...]
+    namespace: str | None = None
+    selector: Selector | None = None
+    field_filter: FieldFilter | None = None
+
+    def translate(self, ev: Event) -> Event | None:
+        """What this watcher sees of an event, Kubernetes-style: an object that starts
+        matching the selector is ADDED, one that stops matching is DELETED."""
+        if self.tenant not in (ANY_TENANT, ev.tenant) or ev.kind not in self.kinds:
+            return None
+        if self.namespace is not None and ev.namespace != self.namespace:
+            return None
+        if self.field_filter is not None and not self.field_filter(ev.object):
+            return None
+        if self.selector is None or self.selector.empty:
+            return ev
+        now = self.selector.matches(labels_of(ev.object))
+        if ev.type is EventType.DELETED:
+            return ev if now else None
+        before = ev.prev_labels is not None and self.selector.matches(ev.prev_labels)
+        if now and before:
+            return ev
+        if now:
+            return Event(ev.revision, EventType.ADDED, ev.tenant, ev.kind, ev.namespace, ev.name, ev.object)
+        if before:
+            return Event(ev.revision, EventType.DELETED, ev.tenant, ev.kind, ev.namespace, ev.name, ev.object)
+        return None
+
+
+class WatchOverflow(ApiError):
+    def __init__(self) -> None:
+        super().__init__(500, "InternalError", "watch fell too far behind; resume from the last revision")
+
+
+@dataclass(eq=False)
+class Subscription:
+    filter: WatchFilter
+    after: int
+    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    overflowed: bool = False
+
+    def offer(self, ev: Event) -> None:
+        if ev.revision <= self.after or self.overflowed:
+            return
+        seen = self.filter.translate(ev)
+        if seen is None:
+            return
+        try:
+            self.queue.put_nowait(seen)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class WatchHub:
+    def __init__(self, store: Store, *, poll_interval: float = 1.0, batch: int = 2000) -> None:
+        self.store = store
+        self.poll_interval = poll_interval
+        self.batch = batch
+        self.revision = 0  # everything up to here has been dispatched
+        self._subs: dict[tuple[str, str], set[Subscription]] = defaultdict(set)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.revision = await asyncio.to_thread(self.store.revision)
+        self.store.add_commit_listener(self._on_commit)
+        self._task = asyncio.create_task(self._run(), name="watch-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for subs in self._subs.values():
+            for sub in subs:
+                sub.queue.put_nowait(None)
+
+    def _on_commit(self, revision: int) -> None:
+        if self._loop is not None and revision > self.revision:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self._wake.clear()
+            try:
+                await self._catch_up()
+            except Exception:
+                log.exception("watch hub could not read the event log; retrying")
+                await asyncio.sleep(self.poll_interval)
+
+    async def _catch_up(self) -> None:
+        while True:
+            try:
+                events = await asyncio.to_thread(self.store.events_since, self.revision, self.batch)
+            except ApiError as exc:
+                if exc.code != 410:
+                    raise
+                # Compaction outran us: every watcher must re-list; skip ahead.
+                log.warning("watch hub fell behind compaction; closing all watches")
+                for subs in self._subs.values():
+                    for sub in subs:
+                        sub.overflowed = True
+                        sub.queue.put_nowait(None)
+                self.revision = await asyncio.to_thread(self.store.revision)
+                return
+            for ev in events:
+                for sub in self._subs.get((ev.tenant, ev.kind), ()):
+                    sub.offer(ev)
+                for sub in self._subs.get((ANY_TENANT, ev.kind), ()):
+                    sub.offer(ev)
+                self.revision = ev.revision
+            if len(events) < self.batch:
+                return
+
+    def subscribe(self, flt: WatchFilter, after: int) -> Subscription:
+        sub = Subscription(flt, after)
+        for kind in flt.kinds:
+            self._subs[(flt.tenant, kind)].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        for kind in sub.filter.kinds:
+            self._subs[(sub.filter.tenant, kind)].discard(sub)
+
+    async def watch(self, flt: WatchFilter, since: int | None) -> AsyncIterator[Event]:
+        """Events after revision ``since``; with ``since=None`` first the current objects as
+        ADDED, then what follows. Raises ``Expired`` (410) when ``since`` is compacted."""
+        if since is None and (len(flt.kinds) != 1 or flt.tenant == ANY_TENANT):
+            raise ValueError("an initial listing needs exactly one kind and one tenant")
+        live_from = self.revision
+        sub = self.subscribe(flt, after=live_from)
+        try:
+            if since is None:
+                listed = await asyncio.to_thread(
+                    self.store.list,
+                    flt.tenant,
+                    flt.kinds[0],
+                    namespace=flt.namespace,
+                    selector=flt.selector,
+                    field_filter=flt.field_filter,
+                )
+                for obj in listed.items:
+                    m = obj["metadata"]
+                    yield Event(
+                        int(m["resourceVersion"]),
+                        EventType.ADDED,
+                        flt.tenant,
+                        flt.kinds[0],
+                        m.get("namespace", ""),
+                        m["name"],
+                        obj,
+                    )
+                since = listed.revision
+            # Replay the log between the client's revision and the live stream's start.
+            cursor = since
+            while cursor < live_from:
+                events = await asyncio.to_thread(self.store.events_since, cursor, self.batch)
+                if not events:
+                    break
+                for ev in events:
+                    if ev.revision > live_from:
+                        break
+                    seen = flt.translate(ev)
+                    if seen is not None:
+                        yield seen
+                cursor = events[-1].revision
+            sub.after = max(since, live_from)
+            while True:
+                item = await sub.queue.get()
+                if item is None:
+                    if sub.overflowed:
+                        raise WatchOverflow()
+                    return
+                if item.revision > since:
+                    yield item
+        finally:
+            self.unsubscribe(sub)

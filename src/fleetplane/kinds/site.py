@@ -1,0 +1,53 @@
+"""Site: one location with its own compute and one agent. Tenant-wide (no namespace)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fleetplane.core.registry import Column, KindInfo, Scope
+from fleetplane.kinds.common import Condition, Schema
+
+
+class Coordinates(Schema):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+
+
+class SiteSpec(Schema):
+    displayName: str | None = Field(default=None, max_length=253)
+    description: str | None = Field(default=None, max_length=4096)
+    coordinates: Coordinates | None = None
+    address: str | None = Field(default=None, max_length=1024)
+
+
+SitePhase = Literal["Pending", "Online", "Offline", "Decommissioned"]
+
+
+class SiteStatus(Schema):
+    phase: SitePhase = "Pending"
+    lastSeen: str | None = None
+    nodeCount: int = Field(default=0, ge=0)
+    softwareVersion: str | None = None
+    osVersion: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+SITE = KindInfo(
+    kind="Site",
+    plural="sites",
+    short_names=("site",),
+    spec_model=SiteSpec,
+    status_model=SiteStatus,
+    scope=Scope.TENANT,
+    columns=(
+        Column("NAME", "metadata.name"),
+        Column("PHASE", "status.phase"),
+        Column("NODES", "status.nodeCount"),
+        Column("VERSION", "status.softwareVersion"),
+        Column("DISPLAY NAME", "spec.displayName", wide_only=True),
+        Column("LABELS", "metadata.labels", wide_only=True),
+        Column("AGE", "metadata.creationTimestamp"),
+    ),
+)

@@ -1,0 +1,156 @@
+"""The server process: FastAPI application, background loops and the uvicorn runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import fleetplane
+from fleetplane.controllers.membership import MembershipController
+from fleetplane.core.errors import ApiError, Cause
+from fleetplane.core.store import Store, open_store
+from fleetplane.core.watch import WatchHub
+from fleetplane.kinds import REGISTRY
+from fleetplane.server import native
+from fleetplane.server.bootstrap import ensure_admin
+from fleetplane.server.context import ServerContext, ServerSettings
+from fleetplane.server.openapi import kind_schemas
+from fleetplane.server.requests import JsonResponse
+
+log = logging.getLogger("fleetplane.server")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_big = ApiError(
+            413, "RequestEntityTooLarge", f"the request body is larger than {self.limit} bytes"
+        )
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await JsonResponse(too_big.to_status(), status_code=413)(scope, receive, send)
+                return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_big
+            return message
+
+        await self.app(scope, counting, send)
+
+
+async def _leader_loop(ctx: ServerContext, start: Callable[[], Awaitable[None]]) -> None:
+    """Run the controllers only while this replica holds the leadership."""
+    while not await asyncio.to_thread(ctx.store.try_lead, "controllers"):
+        await asyncio.sleep(2)
+    log.info("this replica leads the controllers")
+    await start()
+
+
+async def _compactor(ctx: ServerContext) -> None:
+    while True:
+        await asyncio.sleep(ctx.settings.compact_interval)
+        try:
+            await asyncio.to_thread(ctx.store.compact, ctx.settings.history_revisions)
+        except Exception:
+            log.exception("compaction failed")
+
+
+def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        the_store = store or open_store(settings.resolved_store_url())
+        await asyncio.to_thread(ensure_admin, the_store, settings.data_dir)
+        hub = WatchHub(the_store)
+        await hub.start()
+        ctx = ServerContext(settings, the_store, REGISTRY, hub)
+        app.state.ctx = ctx
+        tasks = [asyncio.create_task(_compactor(ctx), name="compactor")]
+        if settings.run_controllers:
+            membership = MembershipController(the_store, hub)
+            ctx.extras["membership"] = membership
+            tasks.append(asyncio.create_task(_leader_loop(ctx, membership.run), name="controllers"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await hub.stop()
+            if store is None:
+                the_store.close()
+
+    app = FastAPI(
+        title="fleetplane",
+        version=fleetplane.__version__,
+        description="Fleet control plane: native resource API (Kubernetes conventions).",
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JsonResponse:
+        return JsonResponse(exc.to_status(), status_code=exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JsonResponse:
+        causes = [Cause(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        err = ApiError(
+            400, "BadRequest", "invalid request: " + "; ".join(c.message for c in causes), causes=causes
+        )
+        return JsonResponse(err.to_status(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JsonResponse:
+        reason = {404: "NotFound", 405: "MethodNotAllowed"}.get(exc.status_code, "BadRequest")
+        msg = (
+            "the server could not find the requested resource" if exc.status_code == 404 else str(exc.detail)
+        )
+        return JsonResponse(ApiError(exc.status_code, reason, msg).to_status(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JsonResponse:
+        log.exception("internal error")
+        err = ApiError(500, "InternalError", "an internal error occurred; see the server log")
+        return JsonResponse(err.to_status(), status_code=500)
+
+    @app.get("/version")
+    async def version() -> dict[str, Any]:
+        return {"gitVersion": f"v{fleetplane.__version__}", "platform": "fleetplane"}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> dict[str, Any]:
+        ctx: ServerContext = request.app.state.ctx
+        rev = await asyncio.to_thread(ctx.store.revision)
+        return {"status": "ok", "revision": rev, "backend": ctx.store.backend}
+
+    app.include_router(native.router)
+    kind_schemas(app, REGISTRY)
+    return app

@@ -1,0 +1,78 @@
+"""First start: the default tenant, the system admin key, and the CLI's config file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import yaml
+
+from fleetplane.core.store import Store
+from fleetplane.kinds import ACCESS_KEY, TENANT
+from fleetplane.server.auth import mint_key
+
+DEFAULT_TENANT = "default"
+ADMIN_KEY_NAME = "system-admin"
+log = logging.getLogger(__name__)
+
+
+def default_client_config() -> Path:
+    env = os.environ.get("FLEETPLANE_CONFIG")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "fleetplane" / "config.yaml"
+
+
+def write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def ensure_admin(store: Store, data_dir: Path) -> Path:
+    """Create the default tenant and the system admin key once; the key lives only in a
+    file readable by its owner (and as a hash in the store)."""
+    key_file = data_dir / "admin.key"
+    if store.get_or_none("", TENANT.kind, "", DEFAULT_TENANT) is None:
+        store.create("", TENANT.normalize({"metadata": {"name": DEFAULT_TENANT}, "spec": {}}))
+    existing = store.get_or_none(DEFAULT_TENANT, ACCESS_KEY.kind, "", ADMIN_KEY_NAME)
+    if existing is not None and key_file.exists():
+        return key_file
+    secret, digest = mint_key(DEFAULT_TENANT, ADMIN_KEY_NAME)
+    key = ACCESS_KEY.normalize(
+        {
+            "metadata": {"name": ADMIN_KEY_NAME},
+            "spec": {"role": "admin", "system": True, "description": "created at first start"},
+        }
+    )
+    key["status"] = {"keyHash": digest}
+    if existing is None:
+        store.create(DEFAULT_TENANT, key)
+    else:
+        # The key file was lost: rotate the key rather than lock the operator out.
+        store.update(DEFAULT_TENANT, {**key, "metadata": {"name": ADMIN_KEY_NAME}})
+        log.warning("admin key file was missing; minted a new system admin key")
+    write_private(key_file, secret + "\n")
+    return key_file
+
+
+def write_client_config(
+    path: Path, server_url: str, key_file: Path, ca_file: Path | None, data_dir: Path
+) -> None:
+    """Point the CLI at this server, unless the file belongs to another data directory."""
+    if path.exists():
+        try:
+            current = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            current = {}
+        if current.get("dataDir") not in (None, str(data_dir)):
+            log.info("not touching %s: it belongs to %s", path, current.get("dataDir"))
+            return
+    config = {"server": server_url, "keyFile": str(key_file), "dataDir": str(data_dir)}
+    if ca_file is not None:
+        config["caFile"] = str(ca_file)
+    write_private(path, yaml.safe_dump(config, sort_keys=False))

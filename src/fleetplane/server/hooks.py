@@ -1,0 +1,50 @@
+"""The few places where a kind needs the server to do more than store it.
+
+Access keys: the secret is minted by the server, stored only as a hash and revealed
+once in the create response. Tenants: creating one mints its first admin key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fleetplane.core.errors import forbidden
+from fleetplane.core.objects import Obj
+from fleetplane.core.registry import KindInfo
+from fleetplane.kinds import ACCESS_KEY, TENANT
+from fleetplane.server.auth import Principal, mint_key
+from fleetplane.server.context import ServerContext
+
+Reveal = dict[str, Any]
+
+
+def before_write(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj, current: Obj | None) -> Obj:
+    if info is ACCESS_KEY and (obj.get("spec") or {}).get("system") and not who.system:
+        raise forbidden(f"{who.describe()} cannot grant system access")
+    return obj
+
+
+def prepare_create(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj) -> tuple[Obj, Reveal]:
+    obj = before_write(ctx, who, info, obj, None)
+    if info is ACCESS_KEY:
+        secret, digest = mint_key(who.tenant, obj["metadata"]["name"])
+        return {**obj, "status": {**(obj.get("status") or {}), "keyHash": digest}}, {"accessKey": secret}
+    return obj, {}
+
+
+def after_create(ctx: ServerContext, who: Principal, info: KindInfo, created: Obj, reveal: Reveal) -> Obj:
+    if info is TENANT:
+        tenant = created["metadata"]["name"]
+        secret, digest = mint_key(tenant, "admin")
+        key = ACCESS_KEY.normalize(
+            {
+                "metadata": {"name": "admin", "labels": {"fleetplane.io/bootstrap": "true"}},
+                "spec": {"role": "admin", "description": f"first admin key of tenant {tenant}"},
+            }
+        )
+        key["status"] = {"keyHash": digest}
+        ctx.store.create(tenant, key)
+        reveal = {**reveal, "adminAccessKey": secret}
+    if reveal:
+        return {**created, "status": {**(created.get("status") or {}), **reveal}}
+    return created

@@ -1,0 +1,64 @@
+"""Start the server: data directory, TLS identity, CLI config, then uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import uvicorn
+
+from fleetplane.core.store import open_store
+from fleetplane.identity.serving import default_hosts, ensure_serving_cert
+from fleetplane.server.app import create_app
+from fleetplane.server.bootstrap import default_client_config, ensure_admin, write_client_config
+from fleetplane.server.context import ServerSettings
+
+
+def server_url(settings: ServerSettings) -> str:
+    host = settings.host if settings.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}"
+
+
+def run_server(settings: ServerSettings, *, banner: bool = True) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+    store = open_store(settings.resolved_store_url())
+    key_file = ensure_admin(store, settings.data_dir)
+    ssl: dict[str, Any] = {}
+    ca_file = None
+    if settings.tls:
+        hosts = default_hosts() + ([settings.host] if settings.host not in ("0.0.0.0", "::") else [])  # noqa: S104
+        files = ensure_serving_cert(settings.data_dir / "tls", sorted(set(hosts)))
+        ssl = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
+        ca_file = files.ca_cert
+    url = server_url(settings)
+    config_path = settings.client_config or default_client_config()
+    write_client_config(config_path, url, key_file, ca_file, settings.data_dir)
+    if banner:
+        print(
+            f"fleetplane {url}\n"
+            f"  API:          {url}/apis/fleetplane.io/v1\n"
+            f"  store:        {store.backend} ({settings.resolved_store_url().split('@')[-1]})\n"
+            f"  admin key:    {key_file} (owner-only; the CLI reads it via {config_path})\n"
+            f"  try:          fleetplane get sites",
+            file=sys.stderr,
+            flush=True,
+        )
+    app = create_app(settings, store)
+    try:
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            **ssl,
+        )
+    finally:
+        store.close()
