@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# System packages the tests use for real parts: PostgreSQL server binaries.
-# Installed with apt when missing (CI and fresh machines run as root).
+# System packages the tests use as real parts, installed with apt when missing
+# (CI and fresh machines run as root):
+#   postgresql  - server binaries for the throwaway clusters of the HA-store tests
+#   softhsm2    - the PKCS#11 token that the envelope-encryption KEK is tested against
+#   openssl     - the independent verifier of issued certificates
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+{ [ -f /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null; } || need+=(softhsm2)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]} (install them with apt-get as root)" >&2

@@ -51,7 +51,10 @@ class Connection:
             try:
                 cfg = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
-                raise ApiError(0, "ConfigError", f"{path}: not valid YAML ({exc})") from exc
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ApiError(0, "ConfigError", f"{path}: not valid YAML{where}: {problem}") from exc
         server = server or os.environ.get("FLEETPLANE_SERVER") or cfg.get("server")
         ca_file = ca_file or os.environ.get("FLEETPLANE_CA_FILE") or cfg.get("caFile")
         key = key or os.environ.get("FLEETPLANE_KEY")

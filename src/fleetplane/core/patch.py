@@ -21,6 +21,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def _is_index(part: str) -> bool:
+    """An RFC 6901 array index: ASCII digits, no leading zero."""
+    return part.isascii() and part.isdigit() and (part == "0" or not part.startswith("0"))
+
+
 def _pointer(path: str) -> list[str]:
     if path == "":
         return []
@@ -34,7 +39,7 @@ def _parent(doc: Any, parts: list[str], path: str) -> tuple[Any, str]:
     for part in parts[:-1]:
         if isinstance(node, dict) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and _is_index(part) and int(part) < len(node):
             node = node[int(part)]
         else:
             raise bad_request(f'json patch: path "{path}" does not exist')
@@ -67,13 +72,13 @@ def json_patch(doc: Any, operations: Any) -> Any:
                 if kind == "replace":
                     doc = copy.deepcopy(op.get("value"))
                     continue
-                if kind == "test" and doc == op.get("value"):
+                if kind == "test" and _json_equal(doc, op.get("value")):
                     continue
                 raise bad_request(f"json patch operation {i} ({kind}) failed on the whole document")
             parent, leaf = _parent(doc, parts, path)
             current = _get(parent, leaf, path)
             if kind == "test":
-                if current != op.get("value"):
+                if not _json_equal(current, op.get("value")):
                     raise bad_request(f'json patch test failed at "{path}"')
             elif kind == "remove":
                 _remove(parent, leaf, path)
@@ -84,10 +89,21 @@ def json_patch(doc: Any, operations: Any) -> Any:
     return doc
 
 
+def _json_equal(a: Any, b: Any) -> bool:
+    """RFC 6902 4.6 equality: as Python's, except that a boolean never equals a number."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a is b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
 def _get(parent: Any, leaf: str, path: str) -> Any:
     if isinstance(parent, dict) and leaf in parent:
         return parent[leaf]
-    if isinstance(parent, list) and leaf.isdigit() and int(leaf) < len(parent):
+    if isinstance(parent, list) and _is_index(leaf) and int(leaf) < len(parent):
         return parent[int(leaf)]
     raise bad_request(f'json patch: path "{path}" does not exist')
 
@@ -117,7 +133,7 @@ def _add(doc: Any, parts: list[str], value: Any, path: str) -> Any:
     elif isinstance(parent, list):
         if leaf == "-":
             parent.append(value)
-        elif leaf.isdigit() and int(leaf) <= len(parent):
+        elif _is_index(leaf) and int(leaf) <= len(parent):
             parent.insert(int(leaf), value)
         else:
             raise bad_request(f'json patch: index in "{path}" is out of range')

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from fleetplane.core.errors import ApiError
+from fleetplane.core.errors import ApiError, expired
 from fleetplane.core.objects import labels_of
 from fleetplane.core.selectors import Selector
 from fleetplane.core.store.base import Event, EventType, FieldFilter, Store
@@ -107,6 +107,7 @@ class WatchHub:
         self._task = asyncio.create_task(self._run(), name="watch-hub")
 
     async def stop(self) -> None:
+        self._loop = None  # the store keeps calling _on_commit; a stopped hub must ignore it
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -116,8 +117,11 @@ class WatchHub:
                 sub.queue.put_nowait(None)
 
     def _on_commit(self, revision: int) -> None:
-        if self._loop is not None and revision > self.revision:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        loop = self._loop
+        if loop is not None and revision > self.revision:
+            # The loop may be gone (closed without stop()); a writer must never fail for it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
 
     async def _run(self) -> None:
         while True:
@@ -169,6 +173,8 @@ class WatchHub:
         ADDED, then what follows. Raises ``Expired`` (410) when ``since`` is compacted."""
         if since is None and (len(flt.kinds) != 1 or flt.tenant == ANY_TENANT):
             raise ValueError("an initial listing needs exactly one kind and one tenant")
+        if since is not None and since < await asyncio.to_thread(self.store.compacted_revision):
+            raise expired(f"too old resource version: {since}")
         live_from = self.revision
         sub = self.subscribe(flt, after=live_from)
         try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import yaml
 
+from fleetplane.core.errors import ApiError
 from fleetplane.core.store import Store
 from fleetplane.kinds import ACCESS_KEY, TENANT
 from fleetplane.server.auth import mint_key
@@ -38,24 +40,37 @@ def ensure_admin(store: Store, data_dir: Path) -> Path:
     file readable by its owner (and as a hash in the store)."""
     key_file = data_dir / "admin.key"
     if store.get_or_none("", TENANT.kind, "", DEFAULT_TENANT) is None:
-        store.create("", TENANT.normalize({"metadata": {"name": DEFAULT_TENANT}, "spec": {}}))
+        try:
+            store.create("", TENANT.normalize({"metadata": {"name": DEFAULT_TENANT}, "spec": {}}))
+        except ApiError as exc:
+            if exc.code != 409:  # 409: another replica created it first
+                raise
     existing = store.get_or_none(DEFAULT_TENANT, ACCESS_KEY.kind, "", ADMIN_KEY_NAME)
     if existing is not None and key_file.exists():
         return key_file
-    secret, digest = mint_key(DEFAULT_TENANT, ADMIN_KEY_NAME)
-    key = ACCESS_KEY.normalize(
-        {
-            "metadata": {"name": ADMIN_KEY_NAME},
-            "spec": {"role": "admin", "system": True, "description": "created at first start"},
-        }
-    )
-    key["status"] = {"keyHash": digest}
-    if existing is None:
-        store.create(DEFAULT_TENANT, key)
-    else:
-        # The key file was lost: rotate the key rather than lock the operator out.
-        store.update(DEFAULT_TENANT, {**key, "metadata": {"name": ADMIN_KEY_NAME}})
-        log.warning("admin key file was missing; minted a new system admin key")
+    # Replicas share one store but each has its own data dir. When the first system key
+    # exists already (another replica made it, or this dir's key file was lost), mint this
+    # data dir a key of its own: rotating the shared one would lock out everyone using it.
+    name = ADMIN_KEY_NAME if existing is None else f"{ADMIN_KEY_NAME}-{secrets.token_hex(4)}"
+    while True:
+        secret, digest = mint_key(DEFAULT_TENANT, name)
+        key = ACCESS_KEY.normalize(
+            {
+                "metadata": {"name": name},
+                "spec": {"role": "admin", "system": True, "description": f"created at start of {data_dir}"},
+            }
+        )
+        key["status"] = {"keyHash": digest}
+        try:
+            store.create(DEFAULT_TENANT, key)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            name = f"{ADMIN_KEY_NAME}-{secrets.token_hex(4)}"  # another replica's first start won the race
+            continue
+        break
+    if name != ADMIN_KEY_NAME:
+        log.warning("the system admin key exists already; minted system key %r for %s", name, key_file)
     write_private(key_file, secret + "\n")
     return key_file
 

@@ -279,8 +279,8 @@ async def _patch(
         for _ in range(PATCH_RETRIES):
             current = ctx.store.get(tenant, info.kind, namespace or "", name)
             wanted_rv = None
-            if isinstance(patch, dict):
-                wanted_rv = (patch.get("metadata") or {}).get("resourceVersion")
+            if isinstance(patch, dict) and isinstance(patch.get("metadata"), dict):
+                wanted_rv = patch["metadata"].get("resourceVersion")
             patched = _apply_patch(current, ctype, patch)
             body = check_identity(info, patched, namespace, name)
             # Without an explicit precondition, patch the version we read and retry on a race.
@@ -304,7 +304,12 @@ async def _delete(request: Request, plural: str, namespace: str | None, name: st
     raw = await request.body()
     if raw.strip():
         options = await read_object(request)
-        precondition = ((options.get("preconditions") or {}).get("resourceVersion")) or None
+        preconditions = options.get("preconditions") or {}
+        if not isinstance(preconditions, dict):
+            raise bad_request("preconditions must be an object", [Cause("preconditions", "must be an object")])
+        precondition = preconditions.get("resourceVersion") or None
+        if precondition is not None:
+            precondition = str(precondition)
     store: Store = ctx.store
     obj = await asyncio.to_thread(
         store.delete,

@@ -66,11 +66,17 @@ class PostgresStore(SqlStore):
                     conn.execute(f"LISTEN {CHANNEL}")
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
-                            for listener in list(self._listeners):
-                                listener(int(note.payload))
+                            self._relay(int(note.payload))
             except psycopg.Error as exc:
                 log.warning("LISTEN connection lost, retrying: %s", exc)
                 self._stop.wait(1.0)
+
+    def _relay(self, revision: int) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(revision)
+            except Exception:
+                log.exception("commit listener failed")
 
     def try_lead(self, name: str) -> bool:
         key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)

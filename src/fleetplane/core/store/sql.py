@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 
 from fleetplane.core.errors import already_exists, conflict, expired, not_found
-from fleetplane.core.objects import Obj, labels_of, new_uid, now_rfc3339
+from fleetplane.core.objects import SERVER_METADATA, Obj, labels_of, new_uid, now_rfc3339
 from fleetplane.core.selectors import Selector
 from fleetplane.core.store.base import (
     CommitListener,
@@ -312,7 +312,9 @@ class SqlStore(Store):
                     new["status"] = old["status"]
                 elif part == "main":
                     new.pop("status", None)
-                meta = {k: v for k, v in m.items() if k not in ("uid", "creationTimestamp", "generation")}
+                # Server-owned fields come from the stored object only: a client cannot forge them
+                # (a deletionTimestamp in a replace would otherwise delete the object).
+                meta = {k: v for k, v in m.items() if k not in SERVER_METADATA}
                 for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
                     if k in om:
                         meta[k] = om[k]
@@ -322,7 +324,7 @@ class SqlStore(Store):
                 meta["generation"] = int(om.get("generation", 1)) + 1
             meta["resourceVersion"] = om["resourceVersion"]
             new["metadata"] = meta
-            if new == old:
+            if _same(new, old):
                 # A no-op write changes nothing and keeps the revision, as Kubernetes does.
                 raise _NoChange(old)
             meta["resourceVersion"] = str(rev)
@@ -400,6 +402,11 @@ class SqlStore(Store):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _same(a: Obj, b: Obj) -> bool:
+    """Equal as JSON, where ``1`` and ``true`` differ (Python's ``==`` says they do not)."""
+    return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
 
 
 class _NoChange(Exception):

@@ -38,13 +38,13 @@ class SqliteStore(SqlStore):
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
-        self._lead_fd: int | None = None
+        self._lead_fds: dict[str, int] = {}  # lock name -> flock'd fd
         super().__init__(engine)
         os.chmod(self.path, 0o600)
 
     def try_lead(self, name: str) -> bool:
         # Several processes may open one file; an flock says which one runs controllers.
-        if self._lead_fd is not None:
+        if name in self._lead_fds:
             return True
         fd = os.open(f"{self.path}.{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -52,11 +52,11 @@ class SqliteStore(SqlStore):
         except OSError:
             os.close(fd)
             return False
-        self._lead_fd = fd
+        self._lead_fds[name] = fd
         return True
 
     def close(self) -> None:
-        if self._lead_fd is not None:
-            os.close(self._lead_fd)
-            self._lead_fd = None
+        for fd in self._lead_fds.values():
+            os.close(fd)
+        self._lead_fds.clear()
         super().close()
