@@ -69,8 +69,12 @@ def table(title: str, figures: list[Figure]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     t.add_column("Figure")
     for column in columns:
-        t.add_column("Value" if column == "value" else {"sqlite": "SQLite", "postgres": "PostgreSQL"}.get(
-            column, column), justify="right")
+        t.add_column(
+            "Value"
+            if column == "value"
+            else {"sqlite": "SQLite", "postgres": "PostgreSQL"}.get(column, column),
+            justify="right",
+        )
     t.add_column("Unit")
     if targets:
         t.add_column("Target", justify="right")
@@ -85,9 +89,14 @@ def table(title: str, figures: list[Figure]) -> Table:
         row = [label, *values, some.unit]
         if targets:
             verdict = some.verdict
-            row += [f"<= {_number(some.target, some.unit)}" if some.target is not None else "",
-                    f"[green]{verdict}[/green]" if verdict == "PASS"
-                    else f"[red]{verdict}[/red]" if verdict else ""]
+            row += [
+                f"<= {_number(some.target, some.unit)}" if some.target is not None else "",
+                f"[green]{verdict}[/green]"
+                if verdict == "PASS"
+                else f"[red]{verdict}[/red]"
+                if verdict
+                else "",
+            ]
         t.add_row(*row)
     return t
 
@@ -115,8 +124,9 @@ def to_json(report: Report, args: argparse.Namespace, elapsed: float) -> dict[st
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: the whole run takes seconds")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON,
-                        help=f"where to write the figures (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"where to write the figures (default {DEFAULT_JSON})"
+    )
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     args = parser.parse_args(argv)
     only = {name.strip() for name in args.only.split(",") if name.strip()}
@@ -134,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     if not console.is_terminal:
         console = Console(width=120)
     info = machine()
-    console.print(f"[bold]fleetplane benchmarks[/bold]{' (quick)' if args.quick else ''}: "
-                  f"{info['cpu_count']} CPUs ({info['processor']}), Python {info['python_version']}, "
-                  f"SQLite {info['sqlite_version']}")
+    console.print(
+        f"[bold]fleetplane benchmarks[/bold]{' (quick)' if args.quick else ''}: "
+        f"{info['cpu_count']} CPUs ({info['processor']}), Python {info['python_version']}, "
+        f"SQLite {info['sqlite_version']}"
+    )
     report = Report()
     started = time.perf_counter()
     for name, (title, run) in BENCHMARKS.items():

@@ -40,8 +40,17 @@ class Report:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def add(self, section: str, key: str, label: str, value: float, unit: str, *, column: str = "value",
-            target: float | None = None) -> None:
+    def add(
+        self,
+        section: str,
+        key: str,
+        label: str,
+        value: float,
+        unit: str,
+        *,
+        column: str = "value",
+        target: float | None = None,
+    ) -> None:
         self.figures.append(Figure(section, key, label, float(value), unit, column, target))
 
 
@@ -138,8 +147,10 @@ def virtual_site_selectors(rng: random.Random, count: int) -> list[str]:
         lambda: f"function={rng.choice(FUNCTIONS)},!pilot",
         lambda: f"region in ({_some(rng, regions, 2, 5)}),env=prod,model-year notin (2015,2016,2017)",
         lambda: f"country={rng.choice(countries)},gpu",
-        lambda: f"model-year in ({_some(rng, MODEL_YEARS, 2, 4)}),"
-                f"function in ({_some(rng, FUNCTIONS, 2, 3)}),env!=dev",
+        lambda: (
+            f"model-year in ({_some(rng, MODEL_YEARS, 2, 4)}),"
+            f"function in ({_some(rng, FUNCTIONS, 2, 3)}),env!=dev"
+        ),
         lambda: f"tier in (gold,silver),region notin ({_some(rng, regions, 3, 8)})",
         lambda: f"env={rng.choice(ENVS)}",
     ]

@@ -81,14 +81,24 @@ def _populate(path: Path, sites: dict[str, dict[str, str]], selectors: dict[str,
         for name, labels in sites.items():
             store.create(TENANT, SITE.normalize({"metadata": {"name": name, "labels": labels}, "spec": {}}))
         for name, sel in selectors.items():
-            store.create(TENANT, VIRTUAL_SITE.normalize(
-                {"metadata": {"name": name, "namespace": NAMESPACE}, "spec": {"selector": str(sel)}}))
+            store.create(
+                TENANT,
+                VIRTUAL_SITE.normalize(
+                    {"metadata": {"name": name, "namespace": NAMESPACE}, "spec": {"selector": str(sel)}}
+                ),
+            )
     finally:
         store.close()
 
 
-async def _measure(path: Path, sizes: E2eSizes, rng: random.Random, sites: dict[str, dict[str, str]],
-                   selectors: dict[str, Selector], report: Report) -> None:
+async def _measure(
+    path: Path,
+    sizes: E2eSizes,
+    rng: random.Random,
+    sites: dict[str, dict[str, str]],
+    selectors: dict[str, Selector],
+    report: Report,
+) -> None:
     store = SqliteStore(path)
     hub = WatchHub(store)
     await hub.start()
@@ -98,13 +108,19 @@ async def _measure(path: Path, sizes: E2eSizes, rng: random.Random, sites: dict[
     start = time.perf_counter()
     running = asyncio.create_task(controller.run())
     try:
-        expected = {vs: {n for n, labels in sites.items() if sel.matches(labels)}
-                    for vs, sel in selectors.items()}
-        await _until(seen, lambda: all(seen.members.get(vs) == m for vs, m in expected.items()),
-                     SETTLE_TIMEOUT_S)
-        report.add(SECTION, "initial_sync_s",
-                   f"controller start until all {sizes.virtual} VS statuses written",
-                   time.perf_counter() - start, "s")
+        expected = {
+            vs: {n for n, labels in sites.items() if sel.matches(labels)} for vs, sel in selectors.items()
+        }
+        await _until(
+            seen, lambda: all(seen.members.get(vs) == m for vs, m in expected.items()), SETTLE_TIMEOUT_S
+        )
+        report.add(
+            SECTION,
+            "initial_sync_s",
+            f"controller start until all {sizes.virtual} VS statuses written",
+            time.perf_counter() - start,
+            "s",
+        )
 
         total: list[float] = []
         first: list[float] = []
@@ -114,8 +130,11 @@ async def _measure(path: Path, sizes: E2eSizes, rng: random.Random, sites: dict[
         while len(total) < sizes.relabels:
             name = rng.choice(names)
             new = relabel(rng, sites[name])
-            affected = {vs: sel.matches(new) for vs, sel in selectors.items()
-                        if sel.matches(new) != sel.matches(sites[name])}
+            affected = {
+                vs: sel.matches(new)
+                for vs, sel in selectors.items()
+                if sel.matches(new) != sel.matches(sites[name])
+            }
             if not affected:
                 continue
             current = await asyncio.to_thread(store.get, TENANT, SITE.kind, "", name)
@@ -127,8 +146,10 @@ async def _measure(path: Path, sizes: E2eSizes, rng: random.Random, sites: dict[
             sites[name] = new
 
             def done(rev: int = rev, name: str = name, affected: dict[str, bool] = affected) -> bool:
-                return all(seen.revision.get(vs, 0) > rev and (name in seen.members[vs]) == member
-                           for vs, member in affected.items())
+                return all(
+                    seen.revision.get(vs, 0) > rev and (name in seen.members[vs]) == member
+                    for vs, member in affected.items()
+                )
 
             await _until(seen, done, SAMPLE_TIMEOUT_S)
             times = [(seen.at[vs] - t0) * 1000 for vs in affected]
@@ -137,17 +158,41 @@ async def _measure(path: Path, sizes: E2eSizes, rng: random.Random, sites: dict[
             affected_count += len(affected)
 
         for pct in (50, 99):
-            report.add(SECTION, f"relabel_to_status.p{pct}_ms",
-                       f"relabel write -> all affected VS statuses written p{pct}",
-                       percentile(total, pct), "ms")
-        report.add(SECTION, "relabel_to_status.max_ms", "relabel write -> all affected VS statuses max",
-                   max(total), "ms")
-        report.add(SECTION, "relabel_to_first_status.p50_ms", "relabel write -> first VS status p50",
-                   percentile(first, 50), "ms")
-        report.add(SECTION, "relabel_write.p50_ms", "the relabel write itself (store.update) p50",
-                   percentile(writes, 50), "ms")
-        report.add(SECTION, "affected_vs_avg", "virtual sites affected per relabel (mean)",
-                   affected_count / len(total), "VS")
+            report.add(
+                SECTION,
+                f"relabel_to_status.p{pct}_ms",
+                f"relabel write -> all affected VS statuses written p{pct}",
+                percentile(total, pct),
+                "ms",
+            )
+        report.add(
+            SECTION,
+            "relabel_to_status.max_ms",
+            "relabel write -> all affected VS statuses max",
+            max(total),
+            "ms",
+        )
+        report.add(
+            SECTION,
+            "relabel_to_first_status.p50_ms",
+            "relabel write -> first VS status p50",
+            percentile(first, 50),
+            "ms",
+        )
+        report.add(
+            SECTION,
+            "relabel_write.p50_ms",
+            "the relabel write itself (store.update) p50",
+            percentile(writes, 50),
+            "ms",
+        )
+        report.add(
+            SECTION,
+            "affected_vs_avg",
+            "virtual sites affected per relabel (mean)",
+            affected_count / len(total),
+            "VS",
+        )
     finally:
         for task in (running, follower):
             task.cancel()
@@ -160,16 +205,26 @@ async def _measure(path: Path, sizes: E2eSizes, rng: random.Random, sites: dict[
 def run(report: Report, quick: bool) -> None:
     sizes = E2eSizes.for_run(quick)
     rng = random.Random(7)
-    selectors = {f"vs-{i:03d}": parse_selector(text)
-                 for i, text in enumerate(virtual_site_selectors(rng, sizes.virtual))}
+    selectors = {
+        f"vs-{i:03d}": parse_selector(text)
+        for i, text in enumerate(virtual_site_selectors(rng, sizes.virtual))
+    }
     sites = {f"site-{i:05d}": site_labels(rng) for i in range(sizes.fleet)}
     flush_delay = inspect.signature(MembershipController).parameters["flush_delay"].default
-    report.params[SECTION] = {**sizes.__dict__, "backend": "sqlite, synchronous=FULL",
-                              "flush_delay_s": flush_delay}
+    report.params[SECTION] = {
+        **sizes.__dict__,
+        "backend": "sqlite, synchronous=FULL",
+        "flush_delay_s": flush_delay,
+    }
     with tempfile.TemporaryDirectory(prefix="fleetplane-bench-e2e-") as tmp:
         path = Path(tmp) / "store.db"
         start = time.perf_counter()
         _populate(path, sites, selectors)
-        report.add(SECTION, "load_s", f"load {sizes.fleet:,} sites + {sizes.virtual} VS (synchronous=OFF)",
-                   time.perf_counter() - start, "s")
+        report.add(
+            SECTION,
+            "load_s",
+            f"load {sizes.fleet:,} sites + {sizes.virtual} VS (synchronous=OFF)",
+            time.perf_counter() - start,
+            "s",
+        )
         asyncio.run(_measure(path, sizes, rng, sites, selectors, report))

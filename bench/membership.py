@@ -78,13 +78,26 @@ def run(report: Report, quick: bool) -> None:
         changed += len(engine.set_site(TENANT, name, sites[name]))
         samples.append((time.perf_counter() - start) * 1000)
     label = f"relabel 1 site ({sizes.fleet:,} sites, {sizes.virtual} VS)"
-    for key, value in (("p50", percentile(samples, 50)), ("p99", percentile(samples, 99)),
-                       ("max", max(samples))):
+    for key, value in (
+        ("p50", percentile(samples, 50)),
+        ("p99", percentile(samples, 99)),
+        ("max", max(samples)),
+    ):
         report.add(SECTION, f"relabel.{key}_ms", f"{label} {key}", value, "ms", target=RELABEL_TARGET_MS)
-    report.add(SECTION, "relabel.vs_changed_avg", "virtual sites changed per relabel (mean)",
-               changed / sizes.relabels, "VS")
-    report.add(SECTION, "relabel.mismatches", "VS whose members disagree with brute force",
-               _mismatches(engine, sites), "VS")
+    report.add(
+        SECTION,
+        "relabel.vs_changed_avg",
+        "virtual sites changed per relabel (mean)",
+        changed / sizes.relabels,
+        "VS",
+    )
+    report.add(
+        SECTION,
+        "relabel.mismatches",
+        "VS whose members disagree with brute force",
+        _mismatches(engine, sites),
+        "VS",
+    )
 
     # -- full recompute -----------------------------------------------------------------------
     big = {f"site-{i:06d}": site_labels(rng) for i in range(sizes.recompute_sites)}
@@ -93,12 +106,29 @@ def run(report: Report, quick: bool) -> None:
     engine.recompute_all()
     recompute = time.perf_counter() - start
     where = f"{sizes.recompute_sites:,} sites x {sizes.virtual} VS"
-    report.add(SECTION, "recompute.index_build_s", f"build label index ({sizes.recompute_sites:,} sites)",
-               indexed, "s")
+    report.add(
+        SECTION,
+        "recompute.index_build_s",
+        f"build label index ({sizes.recompute_sites:,} sites)",
+        indexed,
+        "s",
+    )
     report.add(SECTION, "recompute.add_virtual_sites_s", f"add {sizes.virtual} VS (first select)", added, "s")
-    report.add(SECTION, "recompute.recompute_all_s", f"recompute_all ({where})", recompute, "s",
-               target=RECOMPUTE_TARGET_S)
-    report.add(SECTION, "recompute.build_plus_recompute_s", "index build + recompute_all",
-               indexed + recompute, "s", target=RECOMPUTE_TARGET_S)
+    report.add(
+        SECTION,
+        "recompute.recompute_all_s",
+        f"recompute_all ({where})",
+        recompute,
+        "s",
+        target=RECOMPUTE_TARGET_S,
+    )
+    report.add(
+        SECTION,
+        "recompute.build_plus_recompute_s",
+        "index build + recompute_all",
+        indexed + recompute,
+        "s",
+        target=RECOMPUTE_TARGET_S,
+    )
     members = sum(len(vs.members) for vs in engine.virtual.values())
     report.add(SECTION, "recompute.members_total", "memberships after recompute", members, "members")

@@ -62,10 +62,11 @@ def _measure(store: Store, column: str, sizes: StoreSizes, report: Report) -> No
     for obj in small:
         store.create(SMALL_TENANT, obj)
     single = sizes.small / (time.perf_counter() - start)
-    report.add(SECTION, f"{column}.writes_per_s.single", "create Site, 1 writer", single, "writes/s",
-               column=column)
+    report.add(
+        SECTION, f"{column}.writes_per_s.single", "create Site, 1 writer", single, "writes/s", column=column
+    )
 
-    chunks = [large[i::sizes.threads] for i in range(sizes.threads)]
+    chunks = [large[i :: sizes.threads] for i in range(sizes.threads)]
 
     def write(chunk: list[dict[str, object]]) -> None:
         for obj in chunk:
@@ -75,36 +76,59 @@ def _measure(store: Store, column: str, sizes: StoreSizes, report: Report) -> No
     with ThreadPoolExecutor(sizes.threads) as pool:
         list(pool.map(write, chunks))
     threaded = sizes.large / (time.perf_counter() - start)
-    report.add(SECTION, f"{column}.writes_per_s.threads", f"create Site, {sizes.threads} threads", threaded,
-               "writes/s", column=column)
+    report.add(
+        SECTION,
+        f"{column}.writes_per_s.threads",
+        f"create Site, {sizes.threads} threads",
+        threaded,
+        "writes/s",
+        column=column,
+    )
 
     def list_all(tenant: str, expect: int) -> None:
         got = len(store.list(tenant, SITE.kind).items)
         if got != expect:
             raise RuntimeError(f"listed {got} objects of {tenant}, expected {expect}")
 
-    for key, tenant, count, repeats in (("list_small", SMALL_TENANT, sizes.small, sizes.list_small_repeats),
-                                        ("list_large", LARGE_TENANT, sizes.large, sizes.list_large_repeats)):
+    for key, tenant, count, repeats in (
+        ("list_small", SMALL_TENANT, sizes.small, sizes.list_small_repeats),
+        ("list_large", LARGE_TENANT, sizes.large, sizes.list_large_repeats),
+    ):
         samples = timed_ms(partial(list_all, tenant, count), repeats)
         for pct in (50, 99):
-            report.add(SECTION, f"{column}.{key}.p{pct}_ms", f"list {count:,} Sites p{pct}",
-                       percentile(samples, pct), "ms", column=column)
+            report.add(
+                SECTION,
+                f"{column}.{key}.p{pct}_ms",
+                f"list {count:,} Sites p{pct}",
+                percentile(samples, pct),
+                "ms",
+                column=column,
+            )
 
     selector = parse_selector(SELECTOR)
     matched = len(store.list(LARGE_TENANT, SITE.kind, selector=selector).items)
-    samples = timed_ms(lambda: store.list(LARGE_TENANT, SITE.kind, selector=selector),
-                       sizes.list_large_repeats)
+    samples = timed_ms(
+        lambda: store.list(LARGE_TENANT, SITE.kind, selector=selector), sizes.list_large_repeats
+    )
     for pct in (50, 99):
-        report.add(SECTION, f"{column}.list_selector.p{pct}_ms",
-                   f"selector list of {sizes.large:,} ({matched} match) p{pct}",
-                   percentile(samples, pct), "ms", column=column)
+        report.add(
+            SECTION,
+            f"{column}.list_selector.p{pct}_ms",
+            f"selector list of {sizes.large:,} ({matched} match) p{pct}",
+            percentile(samples, pct),
+            "ms",
+            column=column,
+        )
 
 
 def run(report: Report, quick: bool) -> None:
     sizes = StoreSizes.for_run(quick)
-    report.params[SECTION] = {**sizes.__dict__, "selector": SELECTOR,
-                              "sqlite": "file in a temp dir, WAL, synchronous=FULL",
-                              "postgres": "ThrowawayPostgres (fsync=on, synchronous_commit=on)"}
+    report.params[SECTION] = {
+        **sizes.__dict__,
+        "selector": SELECTOR,
+        "sqlite": "file in a temp dir, WAL, synchronous=FULL",
+        "postgres": "ThrowawayPostgres (fsync=on, synchronous_commit=on)",
+    }
     with tempfile.TemporaryDirectory(prefix="fleetplane-bench-") as tmp:
         sqlite = SqliteStore(Path(tmp) / "store.db")
         try:

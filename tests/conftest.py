@@ -19,7 +19,9 @@ _db_counter = itertools.count()
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[ThrowawayPostgres]:
     if not postgres_available():
-        pytest.fail("PostgreSQL binaries are required (apt-get install postgresql); `make test` installs them")
+        pytest.fail(
+            "PostgreSQL binaries are required (apt-get install postgresql); `make test` installs them"
+        )
     with ThrowawayPostgres() as pg:
         yield pg
 

@@ -13,24 +13,42 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 STORE_FIGURES = [
-    "writes_per_s.single", "writes_per_s.threads",
-    "list_small.p50_ms", "list_small.p99_ms", "list_large.p50_ms", "list_large.p99_ms",
-    "list_selector.p50_ms", "list_selector.p99_ms",
+    "writes_per_s.single",
+    "writes_per_s.threads",
+    "list_small.p50_ms",
+    "list_small.p99_ms",
+    "list_large.p50_ms",
+    "list_large.p99_ms",
+    "list_selector.p50_ms",
+    "list_selector.p99_ms",
 ]
 EXPECTED = [
     *(f"store.{backend}.{name}" for backend in ("sqlite", "postgres") for name in STORE_FIGURES),
-    "membership.relabel.p50_ms", "membership.relabel.p99_ms", "membership.relabel.max_ms",
-    "membership.relabel.vs_changed_avg", "membership.relabel.mismatches",
-    "membership.recompute.index_build_s", "membership.recompute.add_virtual_sites_s",
-    "membership.recompute.recompute_all_s", "membership.recompute.build_plus_recompute_s",
+    "membership.relabel.p50_ms",
+    "membership.relabel.p99_ms",
+    "membership.relabel.max_ms",
+    "membership.relabel.vs_changed_avg",
+    "membership.relabel.mismatches",
+    "membership.recompute.index_build_s",
+    "membership.recompute.add_virtual_sites_s",
+    "membership.recompute.recompute_all_s",
+    "membership.recompute.build_plus_recompute_s",
     "membership.recompute.members_total",
-    "e2e.load_s", "e2e.initial_sync_s", "e2e.relabel_to_status.p50_ms", "e2e.relabel_to_status.p99_ms",
-    "e2e.relabel_to_status.max_ms", "e2e.relabel_to_first_status.p50_ms", "e2e.relabel_write.p50_ms",
+    "e2e.load_s",
+    "e2e.initial_sync_s",
+    "e2e.relabel_to_status.p50_ms",
+    "e2e.relabel_to_status.p99_ms",
+    "e2e.relabel_to_status.max_ms",
+    "e2e.relabel_to_first_status.p50_ms",
+    "e2e.relabel_write.p50_ms",
     "e2e.affected_vs_avg",
 ]
 WITH_TARGETS = [
-    "membership.relabel.p50_ms", "membership.relabel.p99_ms", "membership.relabel.max_ms",
-    "membership.recompute.recompute_all_s", "membership.recompute.build_plus_recompute_s",
+    "membership.relabel.p50_ms",
+    "membership.relabel.p99_ms",
+    "membership.relabel.max_ms",
+    "membership.recompute.recompute_all_s",
+    "membership.recompute.build_plus_recompute_s",
 ]
 
 
@@ -41,8 +59,14 @@ def _is_number(value: object) -> bool:
 @pytest.mark.slow
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--json", str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=240, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     data = json.loads(out.read_text())
@@ -77,6 +101,12 @@ def test_only_runs_the_named_benchmark_and_rejects_unknown(tmp_path: Path) -> No
     figures = json.loads(out.read_text())["figures"]
     assert figures and all(key.startswith("membership.") for key in figures)
 
-    bad = subprocess.run([sys.executable, "-m", "bench", "--only", "nope", "--json", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "bench", "--only", "nope", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 2 and "unknown benchmark" in bad.stderr

@@ -7,8 +7,8 @@ see the same code, reason, message and field causes that the server sent.
 from __future__ import annotations
 
 import builtins
-
 import os
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +90,9 @@ def resource_path(plural: str, namespace: str | None = None, name: str | None = 
 class Client:
     def __init__(self, conn: Connection, *, timeout: float = 30.0) -> None:
         self.conn = conn
-        verify: Any = conn.ca_file if conn.ca_file else True
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=conn.ca_file) if conn.ca_file else True
+        )
         self.http = httpx.Client(
             base_url=conn.server,
             headers={"Authorization": f"Bearer {conn.key}", "User-Agent": "fleetplane-client"},

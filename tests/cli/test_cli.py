@@ -27,20 +27,27 @@ CLI = [sys.executable, "-m", "fleetplane"]
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def run(srv: ServerProcess, *args: str, stdin: str | None = None,
-        env: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def run(
+    srv: ServerProcess,
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    drop: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
     """``fleetplane ARGS`` with the server's environment, plus/minus some variables."""
     full = {**srv.env(), "COLUMNS": "200"}
     for name in ("FLEETPLANE_KEY_FILE", "FLEETPLANE_CA_FILE", *drop):
         full.pop(name, None)
     full.update(env or {})
-    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, env=full,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [*CLI, *args], input=stdin, capture_output=True, text=True, env=full, timeout=60, check=False
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, (
-        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
+        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    )
     assert "Traceback" not in result.stderr
     return result.stdout
 
@@ -78,16 +85,23 @@ def vs_members(srv: ServerProcess, namespace: str) -> dict[str, list[str]]:
 
 
 def site_doc(name: str, labels: dict[str, str], display: str | None = None) -> dict[str, Any]:
-    doc: dict[str, Any] = {"apiVersion": "fleetplane.io/v1", "kind": "Site",
-                           "metadata": {"name": name, "labels": labels}}
+    doc: dict[str, Any] = {
+        "apiVersion": "fleetplane.io/v1",
+        "kind": "Site",
+        "metadata": {"name": name, "labels": labels},
+    }
     if display:
         doc["spec"] = {"displayName": display}
     return doc
 
 
 def vs_doc(name: str, namespace: str, selector: str) -> dict[str, Any]:
-    return {"apiVersion": "fleetplane.io/v1", "kind": "VirtualSite",
-            "metadata": {"name": name, "namespace": namespace}, "spec": {"selector": selector}}
+    return {
+        "apiVersion": "fleetplane.io/v1",
+        "kind": "VirtualSite",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"selector": selector},
+    }
 
 
 def write_yaml(path: Path, docs: list[dict[str, Any]]) -> Path:
@@ -119,41 +133,60 @@ def test_apply_creates_then_unchanged_then_configured(srv: ServerProcess, tmp_pa
     ]
     manifest = write_yaml(tmp_path / "fleet.yaml", docs)
     assert ok(run(srv, "apply", "-f", str(manifest))).splitlines() == [
-        "site/ap-tokyo-1 created", "site/ap-osaka-1 created", "virtualsite/ap-gold created"]
+        "site/ap-tokyo-1 created",
+        "site/ap-osaka-1 created",
+        "virtualsite/ap-gold created",
+    ]
     assert ok(run(srv, "apply", "-f", str(manifest))).splitlines() == [
-        "site/ap-tokyo-1 unchanged", "site/ap-osaka-1 unchanged", "virtualsite/ap-gold unchanged"]
+        "site/ap-tokyo-1 unchanged",
+        "site/ap-osaka-1 unchanged",
+        "virtualsite/ap-gold unchanged",
+    ]
 
     docs[1]["metadata"]["labels"]["aptest"] = "c"
     docs[2]["spec"]["selector"] = "aptest in (a,c)"
     write_yaml(manifest, docs)
     assert ok(run(srv, "apply", "-f", str(manifest))).splitlines() == [
-        "site/ap-tokyo-1 unchanged", "site/ap-osaka-1 configured", "virtualsite/ap-gold configured"]
+        "site/ap-tokyo-1 unchanged",
+        "site/ap-osaka-1 configured",
+        "virtualsite/ap-gold configured",
+    ]
 
     site = json.loads(ok(run(srv, "get", "site", "ap-osaka-1", "-o", "json")))
     assert site["metadata"]["labels"] == {"aptest": "c"}
     vs = json.loads(ok(run(srv, "get", "vs", "ap-gold", "-n", "shop", "-o", "json")))
     assert vs["metadata"]["namespace"] == "shop"
     assert vs["spec"]["selector"] == "aptest in (a,c)"
-    assert wait_for(lambda: vs_members(srv, "shop").get("ap-gold") == ["ap-osaka-1", "ap-tokyo-1"],
-                    what="ap-gold members")
+    assert wait_for(
+        lambda: vs_members(srv, "shop").get("ap-gold") == ["ap-osaka-1", "ap-tokyo-1"], what="ap-gold members"
+    )
 
 
 def test_apply_from_stdin_yaml_and_json(srv: ServerProcess) -> None:
-    text = yaml.safe_dump_all([site_doc("stdin-yaml-1", {"src": "yaml"}),
-                               site_doc("stdin-yaml-2", {"src": "yaml"})])
+    text = yaml.safe_dump_all(
+        [site_doc("stdin-yaml-1", {"src": "yaml"}), site_doc("stdin-yaml-2", {"src": "yaml"})]
+    )
     assert ok(run(srv, "apply", "-f", "-", stdin=text)).splitlines() == [
-        "site/stdin-yaml-1 created", "site/stdin-yaml-2 created"]
+        "site/stdin-yaml-1 created",
+        "site/stdin-yaml-2 created",
+    ]
 
     one = json.dumps(site_doc("stdin-json-1", {"src": "json"}, display="From JSON"))
     assert ok(run(srv, "apply", "-f", "-", stdin=one)).strip() == "site/stdin-json-1 created"
     assert ok(run(srv, "apply", "-f", "-", stdin=one)).strip() == "site/stdin-json-1 unchanged"
 
     # A JSON List, as `get -o json` prints it, applies item by item.
-    listed = json.dumps({"apiVersion": "v1", "kind": "List",
-                         "items": [site_doc("stdin-json-2", {"src": "json"}),
-                                   vs_doc("stdin-json", "shop", "src=json")]})
+    listed = json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [site_doc("stdin-json-2", {"src": "json"}), vs_doc("stdin-json", "shop", "src=json")],
+        }
+    )
     assert ok(run(srv, "apply", "-f", "-", stdin=listed)).splitlines() == [
-        "site/stdin-json-2 created", "virtualsite/stdin-json created"]
+        "site/stdin-json-2 created",
+        "virtualsite/stdin-json created",
+    ]
 
     assert names_in_table(ok(run(srv, "get", "sites", "-l", "src=json"))) == ["stdin-json-1", "stdin-json-2"]
     site = json.loads(ok(run(srv, "get", "site", "stdin-json-1", "-o", "json")))
@@ -180,8 +213,10 @@ def test_get_with_a_set_based_selector(srv: ServerProcess) -> None:
 
 
 def test_output_formats(srv: ServerProcess) -> None:
-    docs = [site_doc("fmt-a", {"fmt": "yes", "colour": "blue"}, display="Format A"),
-            site_doc("fmt-b", {"fmt": "yes"})]
+    docs = [
+        site_doc("fmt-a", {"fmt": "yes", "colour": "blue"}, display="Format A"),
+        site_doc("fmt-b", {"fmt": "yes"}),
+    ]
     ok(run(srv, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs)))
 
     as_yaml = yaml.safe_load(ok(run(srv, "get", "sites", "-l", "fmt=yes", "-o", "yaml")))
@@ -211,7 +246,9 @@ def test_output_formats(srv: ServerProcess) -> None:
 
 def test_get_virtual_sites_shows_members(srv: ServerProcess) -> None:
     docs = [site_doc(f"mem-{i}", {"memtest": "on"}) for i in range(3)] + [
-        vs_doc("mem-all", "shop", "memtest=on"), vs_doc("mem-none", "shop", "memtest=off")]
+        vs_doc("mem-all", "shop", "memtest=on"),
+        vs_doc("mem-none", "shop", "memtest=off"),
+    ]
     ok(run(srv, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs)))
 
     def counts() -> dict[str, str] | None:
@@ -241,10 +278,13 @@ def test_label_needs_overwrite_to_change_and_key_minus_removes(srv: ServerProces
     line = one_line_error(refused)
     assert "region" in line and "--overwrite" in line
     assert json.loads(ok(run(srv, "get", "site", "tokyo-1", "-o", "json")))["metadata"]["labels"] == {
-        "region": "jp-north"}
+        "region": "jp-north"
+    }
 
-    assert ok(run(srv, "label", "site", "tokyo-1", "region=jp-south", "--overwrite")).strip() == \
-        "site/tokyo-1 labeled"
+    assert (
+        ok(run(srv, "label", "site", "tokyo-1", "region=jp-south", "--overwrite")).strip()
+        == "site/tokyo-1 labeled"
+    )
     # Adding a new key or setting the same value needs no --overwrite.
     ok(run(srv, "label", "site", "tokyo-1", "tier=gold", "region=jp-south"))
     labels = json.loads(ok(run(srv, "get", "site", "tokyo-1", "-o", "json")))["metadata"]["labels"]
@@ -324,8 +364,13 @@ def _reader(stream: Any, lines: queue.Queue[str]) -> None:
 def test_get_watch_prints_changes(srv: ServerProcess) -> None:
     ok(run(srv, "apply", "-f", "-", stdin=yaml.safe_dump(site_doc("watch-1", {"watchtest": "yes"}))))
     env = {**srv.env(), "COLUMNS": "200"}
-    proc = subprocess.Popen([*CLI, "get", "sites", "-l", "watchtest", "--watch"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [*CLI, "get", "sites", "-l", "watchtest", "--watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stdout, lines), daemon=True).start()
     seen: list[str] = []
@@ -383,8 +428,17 @@ def test_tenant_and_access_keys(srv: ServerProcess, tmp_path: Path) -> None:
     ok(run(srv, "apply", "-f", "-", stdin=yaml.safe_dump(site_doc("default-only", {}))))
     result = run(srv, "--key-file", str(acme_file), "get", "sites")
     assert ok(result) == "" and "No sites found" in result.stderr
-    ok(run(srv, "--key-file", str(acme_file), "apply", "-f", "-",
-           stdin=yaml.safe_dump(site_doc("acme-1", {"owner": "acme"}))))
+    ok(
+        run(
+            srv,
+            "--key-file",
+            str(acme_file),
+            "apply",
+            "-f",
+            "-",
+            stdin=yaml.safe_dump(site_doc("acme-1", {"owner": "acme"})),
+        )
+    )
     assert names_in_table(ok(run(srv, "--key-file", str(acme_file), "get", "sites"))) == ["acme-1"]
     assert "acme-1" not in ok(run(srv, "get", "sites"))
 
@@ -430,13 +484,25 @@ def test_error_missing_object(srv: ServerProcess) -> None:
 @pytest.mark.parametrize(
     ("doc", "field"),
     [
-        ({"kind": "Site", "metadata": {"name": "bad-lat"},
-          "spec": {"coordinates": {"latitude": 123, "longitude": 0}}}, "spec.coordinates.latitude"),
+        (
+            {
+                "kind": "Site",
+                "metadata": {"name": "bad-lat"},
+                "spec": {"coordinates": {"latitude": 123, "longitude": 0}},
+            },
+            "spec.coordinates.latitude",
+        ),
         ({"kind": "Site", "metadata": {"name": "bad-field"}, "spec": {"colour": "red"}}, "spec.colour"),
         ({"kind": "Site", "metadata": {"name": "Bad_Name"}}, "metadata.name"),
         ({"kind": "Site", "metadata": {"name": "bad-label", "labels": {"a b": "c"}}}, "metadata.labels"),
-        ({"kind": "VirtualSite", "metadata": {"name": "bad-sel", "namespace": "shop"},
-          "spec": {"selector": "region in ("}}, "spec.selector"),
+        (
+            {
+                "kind": "VirtualSite",
+                "metadata": {"name": "bad-sel", "namespace": "shop"},
+                "spec": {"selector": "region in ("},
+            },
+            "spec.selector",
+        ),
     ],
     ids=["out-of-range", "unknown-field", "bad-name", "bad-label-key", "bad-selector"],
 )
@@ -475,15 +541,26 @@ def test_error_unreachable_server(srv: ServerProcess) -> None:
 
 
 def test_error_missing_config(srv: ServerProcess, tmp_path: Path) -> None:
-    nowhere = {"FLEETPLANE_CONFIG": str(tmp_path / "no-such-config.yaml"), "HOME": str(tmp_path),
-               "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    nowhere = {
+        "FLEETPLANE_CONFIG": str(tmp_path / "no-such-config.yaml"),
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+    }
     line = one_line_error(run(srv, "get", "sites", env=nowhere))
     assert "no server configured" in line
     # A server but no key.
     line = one_line_error(run(srv, "get", "sites", env={**nowhere, "FLEETPLANE_SERVER": srv.url}))
     assert "no access key" in line
-    line = one_line_error(run(srv, "--key-file", str(tmp_path / "missing.key"), "get", "sites",
-                              env={**nowhere, "FLEETPLANE_SERVER": srv.url}))
+    line = one_line_error(
+        run(
+            srv,
+            "--key-file",
+            str(tmp_path / "missing.key"),
+            "get",
+            "sites",
+            env={**nowhere, "FLEETPLANE_SERVER": srv.url},
+        )
+    )
     assert "cannot read access key file" in line
     broken = tmp_path / "broken.yaml"
     broken.write_text("server: [unclosed\n")
@@ -507,8 +584,9 @@ def test_config_precedence_flags_over_env_over_file(server: ServerProcess, tmp_p
     closed = f"https://127.0.0.1:{free_port()}"
     assert closed in one_line_error(run(server, "get", "sites", env={"FLEETPLANE_SERVER": closed}))
     # ...and --server beats FLEETPLANE_SERVER.
-    assert names_in_table(ok(run(server, "--server", server.url, "get", "sites",
-                                 env={"FLEETPLANE_SERVER": closed}))) == ["only-in-default"]
+    assert names_in_table(
+        ok(run(server, "--server", server.url, "get", "sites", env={"FLEETPLANE_SERVER": closed}))
+    ) == ["only-in-default"]
     assert closed in one_line_error(run(server, "--server", closed, "get", "sites"))
 
     # Keys: a second tenant's key tells which key was used.
@@ -519,13 +597,22 @@ def test_config_precedence_flags_over_env_over_file(server: ServerProcess, tmp_p
     as_other = run(server, "get", "sites", env={"FLEETPLANE_KEY_FILE": str(other_file)})
     assert ok(as_other) == "" and "No sites found" in as_other.stderr
     # --key-file beats FLEETPLANE_KEY_FILE.
-    out = ok(run(server, "--key-file", str(admin_file), "get", "sites",
-                 env={"FLEETPLANE_KEY_FILE": str(other_file)}))
+    out = ok(
+        run(
+            server,
+            "--key-file",
+            str(admin_file),
+            "get",
+            "sites",
+            env={"FLEETPLANE_KEY_FILE": str(other_file)},
+        )
+    )
     assert names_in_table(out) == ["only-in-default"]
     # An explicit --config replaces FLEETPLANE_CONFIG.
     alt = tmp_path / "alt-config.yaml"
-    alt.write_text(yaml.safe_dump({"server": server.url, "keyFile": str(other_file),
-                                   "caFile": server.ca_file}))
+    alt.write_text(
+        yaml.safe_dump({"server": server.url, "keyFile": str(other_file), "caFile": server.ca_file})
+    )
     as_other = run(server, "--config", str(alt), "get", "sites")
     assert ok(as_other) == "" and "No sites found" in as_other.stderr
     # A second server on another data dir leaves this config alone.

@@ -19,6 +19,7 @@ from fleetplane.core.selectors import Selector, parse_selector
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import SITE, VIRTUAL_SITE
+from fleetplane.kinds.virtualsite import MAX_LISTED_MEMBERS
 
 # -- the pure engine ----------------------------------------------------------------------------------
 
@@ -47,8 +48,20 @@ def test_virtual_site_members_and_status() -> None:
         "selector": "env=prod",
         "memberCount": 2,
         "members": ["austin", "berlin"],
+        "membersTruncated": False,
     }
     assert members(m, EU) == ["berlin", "paris"]
+
+
+def test_huge_membership_lists_the_first_names_and_keeps_the_exact_count() -> None:
+    m = Membership()
+    for i in range(MAX_LISTED_MEMBERS + 25):
+        m.set_site("t", f"site-{i:05d}", {"env": "prod"})
+    m.set_virtual_site(("t", "ns", "all"), parse_selector("env=prod"), 1)
+    status = m.status_of(("t", "ns", "all"))
+    assert status["memberCount"] == MAX_LISTED_MEMBERS + 25
+    assert status["membersTruncated"] is True
+    assert status["members"] == [f"site-{i:05d}" for i in range(MAX_LISTED_MEMBERS)]
 
 
 def test_relabel_reports_exactly_the_changed_virtual_sites() -> None:
@@ -91,6 +104,7 @@ def test_selector_change_recomputes_and_generation_is_tracked() -> None:
         "selector": "env in (dev,prod),zone=eu",
         "memberCount": 2,
         "members": ["berlin", "paris"],
+        "membersTruncated": False,
     }
     # Same selector (even spelled differently): no recompute, but the generation moves.
     assert not m.set_virtual_site(PROD, parse_selector("zone=eu , env in (dev,prod)"), 3)
@@ -233,6 +247,7 @@ def want(members: list[str], selector: str, generation: int = 1) -> dict[str, An
         "selector": selector,
         "memberCount": len(members),
         "members": sorted(members),
+        "membersTruncated": False,
     }
 
 

@@ -22,7 +22,7 @@ ACKS_BEFORE_KILL = 80
 
 def http_for(server: ServerProcess, key: str) -> httpx.Client:
     return httpx.Client(
-        base_url=server.url, verify=server.ca_file, headers={"Authorization": f"Bearer {key}"}, timeout=30
+        base_url=server.url, verify=server.tls, headers={"Authorization": f"Bearer {key}"}, timeout=30
     )
 
 

@@ -29,7 +29,7 @@ def uniq(prefix: str) -> str:
 def http_for(server: ServerProcess, key: str | None = None) -> httpx.Client:
     return httpx.Client(
         base_url=server.url,
-        verify=server.ca_file,
+        verify=server.tls,
         headers={"Authorization": f"Bearer {key or server.admin_key}"},
         timeout=30,
     )

@@ -59,7 +59,13 @@ def test_site_keeps_given_values() -> None:
 def test_virtual_site_defaults() -> None:
     out = REGISTRY.get("VirtualSite").normalize({"metadata": {"name": "all", "namespace": "default"}})
     assert out["spec"] == {"selector": ""}
-    assert out["status"] == {"observedGeneration": 0, "selector": "", "memberCount": 0, "members": []}
+    assert out["status"] == {
+        "observedGeneration": 0,
+        "selector": "",
+        "memberCount": 0,
+        "members": [],
+        "membersTruncated": False,
+    }
 
 
 def test_access_key_and_tenant_defaults() -> None:

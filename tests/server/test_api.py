@@ -62,7 +62,7 @@ def cause_fields(body: dict[str, Any]) -> list[str]:
 
 def make_http(server: ServerProcess, key: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {key or server.admin_key}"}
-    return httpx.Client(base_url=server.url, verify=server.ca_file, headers=headers, timeout=30)
+    return httpx.Client(base_url=server.url, verify=server.tls, headers=headers, timeout=30)
 
 
 def create(http: httpx.Client, path: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -899,7 +899,7 @@ def test_openapi_describes_site_and_virtual_site(http: httpx.Client) -> None:
 )
 def test_missing_or_wrong_bearer_is_401(server: ServerProcess, authorization: str | None) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
-    with httpx.Client(base_url=server.url, verify=server.ca_file, timeout=30) as anon:
+    with httpx.Client(base_url=server.url, verify=server.tls, timeout=30) as anon:
         for method, path, kwargs in [
             ("GET", SITES, {}),
             ("GET", f"{SITES}/x", {}),
@@ -916,7 +916,7 @@ def test_missing_or_wrong_bearer_is_401(server: ServerProcess, authorization: st
 def test_admin_key_with_wrong_secret_is_401(server: ServerProcess) -> None:
     token = server.admin_key
     wrong = token[:-4] + ("0000" if not token.endswith("0000") else "1111")
-    with httpx.Client(base_url=server.url, verify=server.ca_file, timeout=30) as anon:
+    with httpx.Client(base_url=server.url, verify=server.tls, timeout=30) as anon:
         assert_status(anon.get(SITES, headers={"Authorization": f"Bearer {wrong}"}), 401, "Unauthorized")
         assert anon.get(SITES, headers={"Authorization": f"Bearer {token}"}).status_code == 200
 
@@ -1015,7 +1015,7 @@ def test_no_bad_input_is_a_server_error(http: httpx.Client, server: ServerProces
             )
         )
     failures = []
-    with httpx.Client(base_url=server.url, verify=server.ca_file, timeout=30) as anon:
+    with httpx.Client(base_url=server.url, verify=server.tls, timeout=30) as anon:
         for method, path, kwargs, authed in [*BAD_INPUTS, *((m, p, k, True) for m, p, k in extra)]:
             try:
                 resp = (http if authed else anon).request(method, path, **kwargs)

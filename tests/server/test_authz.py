@@ -59,7 +59,7 @@ class World:
 
 def client(server: ServerProcess, token: str) -> httpx.Client:
     return httpx.Client(
-        base_url=server.url, verify=server.ca_file, headers={"Authorization": f"Bearer {token}"}, timeout=30
+        base_url=server.url, verify=server.tls, headers={"Authorization": f"Bearer {token}"}, timeout=30
     )
 
 
@@ -221,6 +221,10 @@ def test_only_a_system_key_mints_system_keys(world: World) -> None:
         forbidden(
             http.patch(f"{KEYS}/system-admin", content=b'{"spec": {"description": "mine"}}', headers=MERGE)
         )
+        current = ok(world.system.get(f"{KEYS}/system-admin"))
+        demoted = {**current, "spec": {**current["spec"], "system": False, "role": "viewer"}}
+        forbidden(http.put(f"{KEYS}/system-admin", json=demoted))
+        forbidden(http.delete(f"{KEYS}/system-admin"))
     ok(world.system.get(TENANTS))  # the system key is untouched
     token = new_key(world.system, uniq("sys"), role="admin", system=True)
     with client(world.server, token) as http:
@@ -341,3 +345,27 @@ def test_deleted_key_stops_working_at_once(world: World) -> None:
         new_key(admin, name, role="editor")
         with client(world.server, token) as http:
             status_of(http.get(SITES), 401, "Unauthorized")
+
+
+# -- deleting a tenant stops its keys; no key deletes its own tenant ----------------------------------
+
+
+def test_deleted_tenant_keys_stop_at_once_and_do_not_come_back(world: World) -> None:
+    name = uniq("gone")
+    first = ok(world.system.post(TENANTS, json={"metadata": {"name": name}}), 201)["status"]["adminAccessKey"]
+    with client(world.server, first) as http:
+        ok(http.get(SITES))
+        forbidden(http.delete(f"{TENANTS}/{name}"))
+    # The system key cannot delete its own tenant either.
+    forbidden(world.system.delete(f"{TENANTS}/default"))
+    ok(world.system.delete(f"{TENANTS}/{name}"))
+    with client(world.server, first) as http:
+        status_of(http.get(SITES), 401, "Unauthorized")
+    # Re-created under the same name, the tenant gets a new admin key; the old one stays dead.
+    second = ok(world.system.post(TENANTS, json={"metadata": {"name": name}}), 201)["status"][
+        "adminAccessKey"
+    ]
+    assert second != first
+    with client(world.server, first) as old, client(world.server, second) as new:
+        status_of(old.get(SITES), 401, "Unauthorized")
+        ok(new.get(SITES))

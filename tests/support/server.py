@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -24,8 +25,14 @@ def free_port() -> int:
 class ServerProcess:
     """``fleetplane server`` in a subprocess with its own data dir, port and CLI config."""
 
-    def __init__(self, data_dir: Path, *, store_url: str = "", extra_args: list[str] | None = None,
-                 port: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        store_url: str = "",
+        extra_args: list[str] | None = None,
+        port: int | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.store_url = store_url
         self.extra_args = extra_args or []
@@ -43,6 +50,11 @@ class ServerProcess:
         return str(self.data_dir / "tls" / "serving-ca.crt")
 
     @property
+    def tls(self) -> ssl.SSLContext:
+        """A client TLS context that trusts this server's CA (what ``verify=`` takes)."""
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    @property
     def admin_key(self) -> str:
         return (self.data_dir / "admin.key").read_text().strip()
 
@@ -53,8 +65,17 @@ class ServerProcess:
         return env
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
-        args = [sys.executable, "-m", "fleetplane", "server", "--data-dir", str(self.data_dir),
-                "--port", str(self.port), *self.extra_args]
+        args = [
+            sys.executable,
+            "-m",
+            "fleetplane",
+            "server",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            *self.extra_args,
+        ]
         if self.store_url:
             args += ["--store", self.store_url]
         log = self.log_path.open("ab")
@@ -65,7 +86,7 @@ class ServerProcess:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if Path(self.ca_file).exists():
-                    r = httpx.get(f"{self.url}/readyz", verify=self.ca_file, timeout=1)
+                    r = httpx.get(f"{self.url}/readyz", verify=self.tls, timeout=1)
                     if r.status_code == 200:
                         return self
             except (httpx.TransportError, OSError):
@@ -97,10 +118,17 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(5)
 
-    def cli(self, *args: str, stdin: str | None = None, key_file: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, key_file: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run the ``fleetplane`` CLI against this server, as a user would."""
         extra = ["--key-file", key_file] if key_file else []
         return subprocess.run(
             [sys.executable, "-m", "fleetplane", *extra, *args],
-            input=stdin, capture_output=True, text=True, env=self.env(), timeout=60, check=False,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=60,
+            check=False,
         )

@@ -53,8 +53,9 @@ def fail(message: str) -> typer.Exit:
 def report(exc: ApiError) -> typer.Exit:
     if exc.code == 0:
         return fail(exc.message)
-    fields = "; ".join(f"{c.field}: {c.message}" for c in exc.causes if c.field)
-    detail = exc.message if not fields or fields in exc.message else f"{exc.message} ({fields})"
+    # Name the offending fields unless the message already says what each one says.
+    extra = [f"{c.field}: {c.message}" for c in exc.causes if c.field and c.message not in exc.message]
+    detail = f"{exc.message} ({'; '.join(extra)})" if extra else exc.message
     err.print(f"Error from server ({exc.reason}): {detail}", markup=False, highlight=False)
     return typer.Exit(1)
 

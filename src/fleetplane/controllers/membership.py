@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from fleetplane.core.selectors import Selector, SelectorError, parse_any
 from fleetplane.core.store import EventType, Store
 from fleetplane.core.watch import ANY_TENANT, WatchFilter, WatchHub
 from fleetplane.kinds import SITE, VIRTUAL_SITE
+from fleetplane.kinds.virtualsite import MAX_LISTED_MEMBERS
 
 log = logging.getLogger(__name__)
 VsKey = tuple[str, str, str]  # tenant, namespace, name
@@ -90,11 +92,13 @@ class Membership:
 
     def status_of(self, key: VsKey) -> dict[str, Any]:
         vs = self.virtual[key]
+        listed = heapq.nsmallest(MAX_LISTED_MEMBERS, vs.members)
         return {
             "observedGeneration": vs.generation,
             "selector": str(vs.selector),
             "memberCount": len(vs.members),
-            "members": sorted(vs.members),
+            "members": listed,
+            "membersTruncated": len(vs.members) > len(listed),
         }
 
 

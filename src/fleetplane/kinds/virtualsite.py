@@ -16,8 +16,13 @@ class VirtualSiteStatus(Schema):
     observedGeneration: int = 0
     selector: str = ""
     memberCount: int = 0
+    # The first MAX_LISTED_MEMBERS names (sorted); memberCount is always exact. Like
+    # Kubernetes Endpoints, a huge list is truncated so every relabel does not rewrite it.
     members: list[str] = Field(default_factory=list)
+    membersTruncated: bool = False
 
+
+MAX_LISTED_MEMBERS = 1000
 
 VIRTUAL_SITE = KindInfo(
     kind="VirtualSite",

@@ -2,9 +2,11 @@
 
 Rules, each covered by a negative test in ``tests/server/test_authz.py``:
 - a key sees only its own tenant; other tenants' objects are simply not found;
+  deleting a tenant stops its keys at once;
 - ``Tenant`` objects belong to system keys only;
 - ``AccessKey`` objects are managed by unrestricted admins only, and only a system
-  key may mint another system key;
+  key may mint, change or delete a system key;
+- no key may delete its own tenant;
 - viewers only read; editors and admins write;
 - a key limited to namespaces reads and writes only those, reads ``shared``, reads
   tenant-wide kinds (sites) and writes none of them, and cannot list across namespaces.
@@ -70,6 +72,8 @@ def authenticate(store: Store, authorization: str | None) -> Principal:
     stored = (key.get("status") or {}).get("keyHash") or ""
     if not hmac.compare_digest(stored, hash_secret(secret)):
         raise unauthorized("Unauthorized: unknown or revoked access key")
+    if store.get_or_none("", TENANT.kind, "", tenant) is None:
+        raise unauthorized("Unauthorized: the key's tenant no longer exists")
     spec = key.get("spec") or {}
     return Principal(
         tenant=tenant,

@@ -18,10 +18,24 @@ from fleetplane.server.context import ServerContext
 Reveal = dict[str, Any]
 
 
+def _is_system_key(obj: Obj | None) -> bool:
+    return bool(obj and (obj.get("spec") or {}).get("system"))
+
+
 def before_write(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj, current: Obj | None) -> Obj:
-    if info is ACCESS_KEY and (obj.get("spec") or {}).get("system") and not who.system:
-        raise forbidden(f"{who.describe()} cannot grant system access")
+    if info is ACCESS_KEY and not who.system:
+        if _is_system_key(obj):
+            raise forbidden(f"{who.describe()} cannot grant system access")
+        if _is_system_key(current):
+            raise forbidden(f"{who.describe()} cannot change a system key")
     return obj
+
+
+def before_delete(ctx: ServerContext, who: Principal, info: KindInfo, current: Obj) -> None:
+    if info is ACCESS_KEY and _is_system_key(current) and not who.system:
+        raise forbidden(f"{who.describe()} cannot delete a system key")
+    if info is TENANT and current["metadata"]["name"] == who.tenant:
+        raise forbidden(f"{who.describe()} cannot delete its own tenant")
 
 
 def prepare_create(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj) -> tuple[Obj, Reveal]:
@@ -43,7 +57,10 @@ def after_create(ctx: ServerContext, who: Principal, info: KindInfo, created: Ob
             }
         )
         key["status"] = {"keyHash": digest}
-        ctx.store.create(tenant, key)
+        if ctx.store.get_or_none(tenant, ACCESS_KEY.kind, "", "admin") is None:
+            ctx.store.create(tenant, key)
+        else:  # a tenant re-created under an old name: its old admin key must not come back
+            ctx.store.update(tenant, key)
         reveal = {**reveal, "adminAccessKey": secret}
     if reveal:
         return {**created, "status": {**(created.get("status") or {}), **reveal}}

@@ -19,7 +19,7 @@ from fleetplane.core.store import Store
 from fleetplane.core.watch import WatchFilter
 from fleetplane.server.auth import Principal, authenticate, authorize
 from fleetplane.server.context import ServerContext
-from fleetplane.server.hooks import after_create, before_write, prepare_create
+from fleetplane.server.hooks import after_create, before_delete, before_write, prepare_create
 from fleetplane.server.requests import (
     JsonResponse,
     bool_param,
@@ -306,18 +306,18 @@ async def _delete(request: Request, plural: str, namespace: str | None, name: st
         options = await read_object(request)
         preconditions = options.get("preconditions") or {}
         if not isinstance(preconditions, dict):
-            raise bad_request("preconditions must be an object", [Cause("preconditions", "must be an object")])
+            raise bad_request(
+                "preconditions must be an object", [Cause("preconditions", "must be an object")]
+            )
         precondition = preconditions.get("resourceVersion") or None
         if precondition is not None:
             precondition = str(precondition)
     store: Store = ctx.store
+    tenant = tenant_for(principal, info)
+    current = await asyncio.to_thread(store.get, tenant, info.kind, namespace or "", name)
+    before_delete(ctx, principal, info, current)
     obj = await asyncio.to_thread(
-        store.delete,
-        tenant_for(principal, info),
-        info.kind,
-        namespace or "",
-        name,
-        resource_version=precondition,
+        store.delete, tenant, info.kind, namespace or "", name, resource_version=precondition
     )
     return respond(info, obj)
 

@@ -8,10 +8,9 @@ that a watch can resume from until it is compacted away.
 
 from __future__ import annotations
 
-import builtins
-
 import base64
 import binascii
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass

@@ -8,7 +8,6 @@ order and a watcher reading ``events`` by revision never skips a late commit.
 from __future__ import annotations
 
 import builtins
-
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
