@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,7 +19,8 @@ from fleetplane.core.store import Store
 from fleetplane.core.watch import WatchFilter
 from fleetplane.server.auth import Principal, authenticate, authorize
 from fleetplane.server.context import ServerContext
-from fleetplane.server.hooks import after_create, before_delete, before_write, prepare_create
+from fleetplane.server.hooks import after_create, after_delete, before_delete, before_write, prepare_create
+from fleetplane.server.sealing import present, seal
 from fleetplane.server.requests import (
     JsonResponse,
     bool_param,
@@ -90,8 +91,8 @@ def check_identity(info: KindInfo, body: Obj, namespace: str | None, name: str |
     return {**body, "kind": info.kind}
 
 
-def respond(info: KindInfo, obj: Obj, code: int = 200) -> JsonResponse:
-    return JsonResponse(info.redact(obj), status_code=code)
+def respond(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj, code: int = 200) -> JsonResponse:
+    return JsonResponse(present(ctx, tenant_for(who, info), info, obj), status_code=code)
 
 
 # -- discovery ------------------------------------------------------------------------
@@ -166,7 +167,7 @@ async def _collection_get(request: Request, plural: str, namespace: str | None) 
     meta: dict[str, Any] = {"resourceVersion": str(result.revision)}
     if result.continue_token:
         meta["continue"] = result.continue_token
-    items = [info.redact(o) for o in result.items]
+    items = [present(ctx, tenant, info, o) for o in result.items]
     return JsonResponse(
         {"apiVersion": API_VERSION, "kind": f"{info.kind}List", "metadata": meta, "items": items}
     )
@@ -179,7 +180,8 @@ async def _stream(
     try:
         async with asyncio.timeout(timeout):
             async for ev in events:
-                yield orjson.dumps({"type": ev.type.value, "object": info.redact(ev.object)}) + b"\n"
+                shown = present(ctx, flt.tenant, info, ev.object)
+                yield orjson.dumps({"type": ev.type.value, "object": shown}) + b"\n"
     except TimeoutError:
         return
     except ApiError as exc:
@@ -199,9 +201,10 @@ async def _create(request: Request, plural: str, namespace: str | None) -> JsonR
     body = check_identity(info, await read_object(request), namespace, None)
     body.pop("status", None)  # status is the controllers' and agents' to write
     obj, reveal = prepare_create(ctx, principal, info, info.normalize(body))
-    created = await asyncio.to_thread(ctx.store.create, tenant_for(principal, info), obj)
+    tenant = tenant_for(principal, info)
+    created = await asyncio.to_thread(ctx.store.create, tenant, seal(ctx, tenant, info, obj))
     shown = await asyncio.to_thread(after_create, ctx, principal, info, created, reveal)
-    return respond(info, shown, 201)
+    return respond(ctx, principal, info, shown, 201)
 
 
 # -- one object: get, replace, patch, delete --------------------------------------------------
@@ -215,7 +218,7 @@ async def _get(request: Request, plural: str, namespace: str | None, name: str) 
     obj = await asyncio.to_thread(
         ctx.store.get, tenant_for(principal, info), info.kind, namespace or "", name
     )
-    return respond(info, obj)
+    return respond(ctx, principal, info, obj)
 
 
 def _write(ctx: ServerContext, principal: Principal, info: KindInfo, body: Obj, status: bool) -> Obj:
@@ -232,7 +235,7 @@ def _write(ctx: ServerContext, principal: Principal, info: KindInfo, body: Obj, 
                 "resourceVersion": meta.get("resourceVersion") or current["metadata"]["resourceVersion"],
             },
         }
-    obj = before_write(ctx, principal, info, obj, current)
+    obj = seal(ctx, tenant, info, before_write(ctx, principal, info, obj, current))
     return ctx.store.update(tenant, obj, part="status" if status else "main")
 
 
@@ -247,7 +250,7 @@ async def _replace(
     authorize(principal, "update", info, namespace)
     body = check_identity(info, await read_object(request), namespace, name)
     obj = await asyncio.to_thread(_write, ctx, principal, info, body, status)
-    return respond(info, obj)
+    return respond(ctx, principal, info, obj)
 
 
 def _apply_patch(current: Obj, ctype: str, patch: Any) -> Obj:
@@ -292,7 +295,7 @@ async def _patch(
                     raise
         raise ApiError(409, "Conflict", f'{info.plural} "{name}": too many concurrent changes, try again')
 
-    return respond(info, await asyncio.to_thread(attempt))
+    return respond(ctx, principal, info, await asyncio.to_thread(attempt))
 
 
 async def _delete(request: Request, plural: str, namespace: str | None, name: str) -> JsonResponse:
@@ -319,99 +322,64 @@ async def _delete(request: Request, plural: str, namespace: str | None, name: st
     obj = await asyncio.to_thread(
         store.delete, tenant, info.kind, namespace or "", name, resource_version=precondition
     )
-    return respond(info, obj)
+    await asyncio.to_thread(after_delete, ctx, principal, info, current)
+    return respond(ctx, principal, info, obj)
 
 
-# -- route table: the same handlers with and without a namespace --------------------------------
-
-NS = BASE + "/namespaces/{namespace}/{plural}"
+# -- route table: each handler serves the namespaced and the tenant-wide path ------------------
 
 
-@router.get(NS)
-async def list_namespaced(request: Request, namespace: str, plural: str) -> Any:
+def _where(request: Request) -> tuple[str, str | None, str]:
+    params = request.path_params
+    return params["plural"], params.get("namespace"), params.get("name", "")
+
+
+async def list_or_watch(request: Request) -> Any:
+    plural, namespace, _ = _where(request)
     return await _collection_get(request, plural, namespace)
 
 
-@router.post(NS)
-async def create_namespaced(request: Request, namespace: str, plural: str) -> JsonResponse:
+async def create(request: Request) -> JsonResponse:
+    plural, namespace, _ = _where(request)
     return await _create(request, plural, namespace)
 
 
-@router.get(NS + "/{name}")
-async def get_namespaced(request: Request, namespace: str, plural: str, name: str) -> JsonResponse:
-    return await _get(request, plural, namespace, name)
+async def get_one(request: Request) -> JsonResponse:
+    return await _get(request, *_where(request))
 
 
-@router.put(NS + "/{name}")
-async def replace_namespaced(request: Request, namespace: str, plural: str, name: str) -> JsonResponse:
-    return await _replace(request, plural, namespace, name, status=False)
+async def replace(request: Request) -> JsonResponse:
+    return await _replace(request, *_where(request), status=False)
 
 
-@router.patch(NS + "/{name}")
-async def patch_namespaced(request: Request, namespace: str, plural: str, name: str) -> JsonResponse:
-    return await _patch(request, plural, namespace, name, status=False)
+async def replace_status(request: Request) -> JsonResponse:
+    return await _replace(request, *_where(request), status=True)
 
 
-@router.delete(NS + "/{name}")
-async def delete_namespaced(request: Request, namespace: str, plural: str, name: str) -> JsonResponse:
-    return await _delete(request, plural, namespace, name)
+async def patch(request: Request) -> JsonResponse:
+    return await _patch(request, *_where(request), status=False)
 
 
-@router.get(NS + "/{name}/status")
-async def get_namespaced_status(request: Request, namespace: str, plural: str, name: str) -> JsonResponse:
-    return await _get(request, plural, namespace, name)
+async def patch_status(request: Request) -> JsonResponse:
+    return await _patch(request, *_where(request), status=True)
 
 
-@router.put(NS + "/{name}/status")
-async def replace_namespaced_status(request: Request, namespace: str, plural: str, name: str) -> JsonResponse:
-    return await _replace(request, plural, namespace, name, status=True)
+async def delete(request: Request) -> JsonResponse:
+    return await _delete(request, *_where(request))
 
 
-@router.patch(NS + "/{name}/status")
-async def patch_namespaced_status(request: Request, namespace: str, plural: str, name: str) -> JsonResponse:
-    return await _patch(request, plural, namespace, name, status=True)
-
-
-@router.get(BASE + "/{plural}")
-async def list_cluster(request: Request, plural: str) -> Any:
-    return await _collection_get(request, plural, None)
-
-
-@router.post(BASE + "/{plural}")
-async def create_cluster(request: Request, plural: str) -> JsonResponse:
-    return await _create(request, plural, None)
-
-
-@router.get(BASE + "/{plural}/{name}")
-async def get_cluster(request: Request, plural: str, name: str) -> JsonResponse:
-    return await _get(request, plural, None, name)
-
-
-@router.put(BASE + "/{plural}/{name}")
-async def replace_cluster(request: Request, plural: str, name: str) -> JsonResponse:
-    return await _replace(request, plural, None, name, status=False)
-
-
-@router.patch(BASE + "/{plural}/{name}")
-async def patch_cluster(request: Request, plural: str, name: str) -> JsonResponse:
-    return await _patch(request, plural, None, name, status=False)
-
-
-@router.delete(BASE + "/{plural}/{name}")
-async def delete_cluster(request: Request, plural: str, name: str) -> JsonResponse:
-    return await _delete(request, plural, None, name)
-
-
-@router.get(BASE + "/{plural}/{name}/status")
-async def get_cluster_status(request: Request, plural: str, name: str) -> JsonResponse:
-    return await _get(request, plural, None, name)
-
-
-@router.put(BASE + "/{plural}/{name}/status")
-async def replace_cluster_status(request: Request, plural: str, name: str) -> JsonResponse:
-    return await _replace(request, plural, None, name, status=True)
-
-
-@router.patch(BASE + "/{plural}/{name}/status")
-async def patch_cluster_status(request: Request, plural: str, name: str) -> JsonResponse:
-    return await _patch(request, plural, None, name, status=True)
+ROUTES: list[tuple[str, str, Callable[[Request], Awaitable[Any]]]] = [
+    ("", "GET", list_or_watch),
+    ("", "POST", create),
+    ("/{name}", "GET", get_one),
+    ("/{name}", "PUT", replace),
+    ("/{name}", "PATCH", patch),
+    ("/{name}", "DELETE", delete),
+    ("/{name}/status", "GET", get_one),
+    ("/{name}/status", "PUT", replace_status),
+    ("/{name}/status", "PATCH", patch_status),
+]
+# Namespaced paths first: "/namespaces/x/y" must not be read as plural "namespaces".
+for _prefix in (BASE + "/namespaces/{namespace}/{plural}", BASE + "/{plural}"):
+    for _suffix, _method, _handler in ROUTES:
+        router.add_api_route(_prefix + _suffix, _handler, methods=[_method], name=f"{_handler.__name__}")
