@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.test-installed
 
 .PHONY: run test lint typecheck layers unit bench clean system-deps
 
@@ -17,12 +18,18 @@ $(STAMP): pyproject.toml requirements.lock
 system-deps:
 	@scripts/system-deps.sh
 
+# The tests use real parts: system packages first, then the TPM binding that builds against them.
+$(TESTSTAMP): $(STAMP) requirements-test.lock scripts/system-deps.sh
+	@scripts/system-deps.sh
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.lock
+	@touch $(TESTSTAMP)
+
 ## Start the control plane on the embedded SQLite store (data in ~/.local/share/fleetplane).
 run: $(STAMP)
 	@$(BIN)/fleetplane server
 
 ## Everything CI runs: lint, types, the layer contract, then the whole test suite.
-test: $(STAMP) system-deps lint typecheck layers unit
+test: $(TESTSTAMP) lint typecheck layers unit
 
 lint: $(STAMP)
 	@$(BIN)/ruff check src tests bench
@@ -37,7 +44,7 @@ layers: $(STAMP)
 unit: $(STAMP)
 	@scripts/pytest.sh
 
-bench: $(STAMP) system-deps
+bench: $(TESTSTAMP)
 	@$(BIN)/python -m bench
 
 clean:

@@ -18,13 +18,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import e2e, membership, store
+from bench import e2e, membership, onboarding, store
 from bench.common import Figure, Report
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Report, bool], None]]] = {
     "store": ("Store: writes and lists, SQLite vs PostgreSQL", store.run),
     "membership": ("Virtual-site membership: pure engine", membership.run),
     "e2e": ("End-to-end membership: SQLite store + controller", e2e.run),
+    "onboarding": ("Onboarding: register, poll, first mTLS heartbeat", onboarding.run),
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -52,7 +53,7 @@ def _cpu_model() -> str:
 
 
 def _number(value: float, unit: str) -> str:
-    if unit in ("writes/s", "members"):
+    if unit in ("writes/s", "members", "sites"):
         return f"{value:,.0f}"
     if unit == "VS":
         return f"{value:,.2f}" if value % 1 else f"{value:,.0f}"

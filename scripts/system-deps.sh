@@ -4,11 +4,20 @@
 #   postgresql  - server binaries for the throwaway clusters of the HA-store tests
 #   softhsm2    - the PKCS#11 token that the envelope-encryption KEK is tested against
 #   openssl     - the independent verifier of issued certificates
+#   swtpm, swtpm-tools, tpm2-tools, libtss2-dev, pkg-config
+#               - a software TPM for the device-identity path (and the headers tpm2-pytss builds with)
+#   faketime    - runs a server in the future to prove expired certificates are refused
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 { [ -f /usr/lib/softhsm/libsofthsm2.so ] && command -v softhsm2-util >/dev/null; } || need+=(softhsm2)
 command -v openssl >/dev/null || need+=(openssl)
+command -v swtpm >/dev/null || need+=(swtpm)
+command -v swtpm_setup >/dev/null || need+=(swtpm-tools)
+command -v tpm2_startup >/dev/null || need+=(tpm2-tools)
+[ -f /usr/include/tss2/tss2_esys.h ] || need+=(libtss2-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v faketime >/dev/null || need+=(faketime)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]} (install them with apt-get as root)" >&2

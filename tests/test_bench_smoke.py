@@ -42,6 +42,12 @@ EXPECTED = [
     "e2e.relabel_to_first_status.p50_ms",
     "e2e.relabel_write.p50_ms",
     "e2e.affected_vs_avg",
+    "onboarding.sites",
+    "onboarding.sites_per_s",
+    "onboarding.ms_per_site",
+    "onboarding.per_site.p50_ms",
+    "onboarding.per_site.p99_ms",
+    "onboarding.total_s",
 ]
 WITH_TARGETS = [
     "membership.relabel.p50_ms",
@@ -49,6 +55,7 @@ WITH_TARGETS = [
     "membership.relabel.max_ms",
     "membership.recompute.recompute_all_s",
     "membership.recompute.build_plus_recompute_s",
+    "onboarding.ms_per_site",
 ]
 
 

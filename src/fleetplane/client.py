@@ -251,3 +251,150 @@ class Client:
                     yield event
         except httpx.TransportError as exc:
             raise ApiError(0, "ConnectionError", f"watch on {self.conn.server} broke: {exc}") from exc
+
+
+# -- the site-facing API (agent side) ---------------------------------------------------------------
+
+SITE_API = "/site-api/v1"
+_ENCODING_DER = 2  # _ssl.ENCODING_DER (for the private Certificate objects of get_unverified_chain)
+
+
+def spki_sha256(cert_der: bytes) -> str:
+    """``sha256:<hex>`` over a certificate's DER SubjectPublicKeyInfo (the ``--ca-hash`` form)."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_der_x509_certificate(cert_der)
+    der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def fetch_server_chain(server: str, *, timeout: float = 10.0) -> list[bytes]:
+    """The certificates (DER) the server presents in its TLS handshake, *unverified*: the
+    caller must pin one of them by hash before trusting anything it says."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 443
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            sslobj = getattr(tls, "_sslobj", None)
+            chain = getattr(sslobj, "get_unverified_chain", None)
+            if chain is not None:
+                return [c.public_bytes(_ENCODING_DER) for c in chain() or []]
+            leaf = tls.getpeercert(binary_form=True)
+            return [leaf] if leaf else []
+    except (OSError, ssl.SSLError) as exc:
+        raise ApiError(0, "ConnectionError", f"cannot reach {server}: {exc}") from exc
+
+
+class SiteClient:
+    """Calls of ``/site-api/v1``: unauthenticated onboarding calls when built without a
+    certificate, mutual-TLS calls with the site certificate and key otherwise. The server
+    is always verified against ``ca_pem`` (the pinned serving CA), never the system store."""
+
+    def __init__(
+        self,
+        server: str,
+        ca_pem: bytes,
+        *,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.server = server.rstrip("/")
+        ctx = ssl.create_default_context(cadata=ca_pem.decode())
+        if cert_file is not None:
+            ctx.load_cert_chain(os.fspath(cert_file), os.fspath(key_file) if key_file else None)
+        self.http = httpx.Client(
+            base_url=self.server,
+            headers={"User-Agent": "fleetplane-agent"},
+            verify=ctx,
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> SiteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        content = orjson.dumps(body) if body is not None else None
+        hdrs = dict(headers or {})
+        if content is not None:
+            hdrs["Content-Type"] = "application/json"
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            resp = self.http.request(method, path, content=content, params=params, headers=hdrs, **extra)
+        except httpx.ConnectError as exc:
+            raise ApiError(0, "ConnectionError", f"cannot reach {self.server}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise ApiError(0, "ConnectionError", f"talking to {self.server} failed: {exc}") from exc
+        return Client._decode(resp)
+
+    # -- onboarding (no client certificate) ----------------------------------------------------
+
+    def nonce(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"{SITE_API}/nonce")
+        return result
+
+    def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("POST", f"{SITE_API}/registrations", body=body)
+        return result
+
+    def poll(self, name: str, poll_token: str, wait_seconds: int = 30) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "GET",
+            f"{SITE_API}/registrations/{name}",
+            params={"waitSeconds": wait_seconds},
+            headers={"Authorization": f"Bearer {poll_token}"},
+            timeout=wait_seconds + 30.0,
+        )
+        return result
+
+    def crl(self, tenant: str) -> bytes:
+        try:
+            resp = self.http.get(f"{SITE_API}/crl/{tenant}")
+        except httpx.TransportError as exc:
+            raise ApiError(0, "ConnectionError", f"cannot reach {self.server}: {exc}") from exc
+        if resp.status_code >= 400:
+            Client._decode(resp)
+        return resp.content
+
+    # -- the site itself (mutual TLS) -----------------------------------------------------------
+
+    def site(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("GET", f"{SITE_API}/site")
+        return result
+
+    def put_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("PUT", f"{SITE_API}/site/status", body={"status": status})
+        return result
+
+    def renew(self, csr_pem: bytes) -> bytes:
+        result = self.request("POST", f"{SITE_API}/site/certificate", body={"csr": csr_pem.decode()})
+        return str(result["certificate"]).encode()

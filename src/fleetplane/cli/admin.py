@@ -44,6 +44,20 @@ def register(app: typer.Typer) -> None:
         max_body: Annotated[int, typer.Option(help="Largest request body in bytes.")] = 3 * 1024 * 1024,
         controllers: Annotated[bool, typer.Option(help="Run controllers (when elected leader).")] = True,
         client_config: Annotated[Path | None, typer.Option(help="CLI config file to write.")] = None,
+        kek: Annotated[
+            str,
+            typer.Option(
+                help="Key-encryption key for secrets at rest: file:PATH (default file:<data-dir>/kek.key), "
+                "env:VAR or pkcs11:module=...;token=...;key=...;pin-env=VAR. Replicas must share it.",
+                envvar="FLEETPLANE_KEK",
+            ),
+        ] = "",
+        registration_ttl: Annotated[
+            float, typer.Option(help="Seconds a registration may wait for a decision.")
+        ] = 86400.0,
+        site_cert_lifetime: Annotated[
+            float, typer.Option(help="Lifetime of issued site certificates, in seconds.")
+        ] = 30 * 86400.0,
     ) -> None:
         """Run the control plane server."""
         from fleetplane.server.context import ServerSettings
@@ -62,6 +76,9 @@ def register(app: typer.Typer) -> None:
             max_body_bytes=max_body,
             run_controllers=controllers,
             client_config=client_config or state.config,
+            kek=kek,
+            registration_ttl=registration_ttl,
+            site_cert_lifetime=site_cert_lifetime,
         )
         try:
             run_server(settings)

@@ -322,3 +322,9 @@ def label(
 from fleetplane.cli import admin as _admin  # noqa: E402  (registers its commands)
 
 _admin.register(app)
+from fleetplane.cli import agent_cmd as _agent_cmd  # noqa: E402
+
+_agent_cmd.register(app)
+from fleetplane.cli import onboarding_cmd as _onboarding_cmd  # noqa: E402
+
+_onboarding_cmd.register(app)

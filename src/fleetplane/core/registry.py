@@ -54,6 +54,14 @@ class KindInfo:
     validators: tuple[Validator, ...] = ()
     # Whether clients may write the status through the main resource (no status subresource).
     status_subresource: bool = True
+    # Paths (dotted) whose values are sealed at rest (envelope encryption) and opened only in
+    # API responses; a path names a string or a map of strings. See ``server/sealing.py``.
+    sealed_paths: tuple[str, ...] = ()
+    # Write verbs clients may use through the generic API; ``None``: all of them. A
+    # server-managed kind says ``frozenset()`` (read-only) or e.g. ``{"delete"}``.
+    api_write_verbs: frozenset[str] | None = None
+    # Viewers may not read objects of this kind (like Kubernetes' "view" role and Secrets).
+    sensitive: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

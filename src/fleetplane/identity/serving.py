@@ -111,5 +111,7 @@ def ensure_serving_cert(directory: Path, hosts: list[str]) -> ServingFiles:
         .sign(ca_key, hashes.SHA256())
     )
     _write_private(files.key, _key_pem(key))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # Serve the chain (leaf + CA) so an agent can pin the CA by its hash before trusting it.
+    chain = cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM)
+    files.cert.write_bytes(chain)
     return files

@@ -15,6 +15,21 @@ class Coordinates(Schema):
     longitude: float = Field(ge=-180, le=180)
 
 
+class Hardware(Schema):
+    cpuCores: int | None = Field(default=None, ge=0)
+    memoryMiB: int | None = Field(default=None, ge=0)
+    model: str | None = Field(default=None, max_length=253)
+    serial: str | None = Field(default=None, max_length=253)
+
+
+class Facts(Schema):
+    hostname: str | None = Field(default=None, max_length=253)
+    hardware: Hardware | None = None
+    agentVersion: str | None = Field(default=None, max_length=64)
+    osVersion: str | None = Field(default=None, max_length=253)
+    coordinates: Coordinates | None = None
+
+
 class SiteSpec(Schema):
     displayName: str | None = Field(default=None, max_length=253)
     description: str | None = Field(default=None, max_length=4096)
@@ -25,10 +40,21 @@ class SiteSpec(Schema):
 SitePhase = Literal["Pending", "Online", "Offline", "Decommissioned"]
 
 
+class SiteIdentity(Schema):
+    """The site's current certificate (server-owned: kept across status writes)."""
+
+    serial: str
+    notAfter: str
+    registration: str | None = None
+
+
 class SiteStatus(Schema):
     phase: SitePhase = "Pending"
+    identity: SiteIdentity | None = None
     lastSeen: str | None = None
     nodeCount: int = Field(default=0, ge=0)
+    # What the agent reports about its host (the same shape it registered with).
+    facts: Facts | None = None
     softwareVersion: str | None = None
     osVersion: str | None = None
     conditions: list[Condition] = Field(default_factory=list)

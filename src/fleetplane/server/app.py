@@ -19,11 +19,14 @@ from fleetplane.core.errors import ApiError, Cause
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import REGISTRY
-from fleetplane.server import native
+from fleetplane.server import native, onboarding, site_api
 from fleetplane.server.bootstrap import ensure_admin
 from fleetplane.server.context import ServerContext, ServerSettings
+from fleetplane.server.identity import IdentityService
 from fleetplane.server.openapi import kind_schemas
 from fleetplane.server.requests import JsonResponse
+from fleetplane.server.sealing import envelope
+from fleetplane.server.tls import TRUST
 
 log = logging.getLogger("fleetplane.server")
 
@@ -85,7 +88,14 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         await hub.start()
         ctx = ServerContext(settings, the_store, REGISTRY, hub)
         app.state.ctx = ctx
-        tasks = [asyncio.create_task(_compactor(ctx), name="compactor")]
+        envelope(ctx)  # fail at start, not at first use, when the KEK is unusable
+        ident = ctx.extras["identity"] = IdentityService(ctx, on_trust=TRUST.add)
+        for bundle in await asyncio.to_thread(ident.trust_bundles):
+            TRUST.add(bundle)
+        tasks = [
+            asyncio.create_task(_compactor(ctx), name="compactor"),
+            asyncio.create_task(ident.watch(), name="identity-watch"),
+        ]
         if settings.run_controllers:
             membership = MembershipController(the_store, hub)
             ctx.extras["membership"] = membership
@@ -151,6 +161,8 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         rev = await asyncio.to_thread(ctx.store.revision)
         return {"status": "ok", "revision": rev, "backend": ctx.store.backend}
 
+    app.include_router(onboarding.router)
+    app.include_router(site_api.router)
     app.include_router(native.router)
     kind_schemas(app, REGISTRY)
     return app

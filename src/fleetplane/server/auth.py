@@ -7,7 +7,8 @@ Rules, each covered by a negative test in ``tests/server/test_authz.py``:
 - ``AccessKey`` objects are managed by unrestricted admins only, and only a system
   key may mint, change or delete a system key;
 - no key may delete its own tenant;
-- viewers only read; editors and admins write;
+- viewers only read; editors and admins write; viewers cannot read sensitive kinds (Secrets);
+- server-managed kinds (CertificateAuthority; Registration except delete) are not writable;
 - a key limited to namespaces reads and writes only those, reads ``shared``, reads
   tenant-wide kinds (sites) and writes none of them, and cannot list across namespaces.
 """
@@ -90,6 +91,10 @@ def authorize(who: Principal, verb: str, info: KindInfo, namespace: str | None) 
     reading = verb in READ_VERBS
     target = f'{info.plural} in namespace "{namespace}"' if namespace else info.plural
     denied = forbidden(f"{who.describe()} cannot {verb} {target}")
+    if not reading and info.api_write_verbs is not None and verb not in info.api_write_verbs:
+        raise forbidden(f"{info.plural} are managed by the server: no client may {verb} them")
+    if reading and info.sensitive and who.role == "viewer":
+        raise forbidden(f"{who.describe()} cannot {verb} {target}: viewers may not read {info.plural}")
     if info.scope is Scope.SYSTEM or info is TENANT:
         if not who.system:
             raise denied

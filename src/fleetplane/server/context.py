@@ -24,6 +24,14 @@ class ServerSettings:
     watch_timeout: float = 1800.0
     client_config: Path | None = None
     run_controllers: bool = True
+    # Key-encryption key for secrets at rest: file:PATH, env:VAR or pkcs11:... (see core/envelope).
+    kek: str = ""
+    # Pending registrations older than this expire; site certificates live this long.
+    registration_ttl: float = 86400.0
+    site_cert_lifetime: float = 30 * 86400.0
+
+    def resolved_kek(self) -> str:
+        return self.kek or f"file:{self.data_dir / 'kek.key'}"
 
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite:///{self.data_dir / 'fleetplane.db'}"

@@ -20,7 +20,6 @@ from fleetplane.core.watch import WatchFilter
 from fleetplane.server.auth import Principal, authenticate, authorize
 from fleetplane.server.context import ServerContext
 from fleetplane.server.hooks import after_create, after_delete, before_delete, before_write, prepare_create
-from fleetplane.server.sealing import present, seal
 from fleetplane.server.requests import (
     JsonResponse,
     bool_param,
@@ -31,6 +30,7 @@ from fleetplane.server.requests import (
     read_object,
     revision_param,
 )
+from fleetplane.server.sealing import present, seal
 
 BASE = f"/apis/{GROUP}/{VERSION}"
 router = APIRouter()

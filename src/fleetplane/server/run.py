@@ -14,6 +14,7 @@ from fleetplane.identity.serving import default_hosts, ensure_serving_cert
 from fleetplane.server.app import create_app
 from fleetplane.server.bootstrap import default_client_config, ensure_admin, write_client_config
 from fleetplane.server.context import ServerSettings
+from fleetplane.server.tls import MtlsHttpToolsProtocol, ssl_context_factory
 
 
 def server_url(settings: ServerSettings) -> str:
@@ -34,7 +35,13 @@ def run_server(settings: ServerSettings, *, banner: bool = True) -> None:
     if settings.tls:
         hosts = default_hosts() + ([settings.host] if settings.host not in ("0.0.0.0", "::") else [])  # noqa: S104
         files = ensure_serving_cert(settings.data_dir / "tls", sorted(set(hosts)))
-        ssl = {"ssl_certfile": str(files.cert), "ssl_keyfile": str(files.key)}
+        ssl = {
+            "ssl_certfile": str(files.cert),
+            "ssl_keyfile": str(files.key),
+            # Mutual TLS for sites: a client certificate is asked for and reaches the app.
+            "ssl_context_factory": ssl_context_factory(),
+            "http": MtlsHttpToolsProtocol,
+        }
         ca_file = files.ca_cert
     url = server_url(settings)
     config_path = settings.client_config or default_client_config()

@@ -1,0 +1,350 @@
+"""The site-facing API, ``/site-api/v1``: registration, polling, and the mTLS calls of a
+registered site. The contract is ``docs/onboarding-protocol.md``.
+
+A site is authenticated only by the client certificate its TLS connection presented, as
+the ASGI TLS extension carries it (``server/tls.py``), never by a header; the certificate is
+verified again here (chain, validity, revocation, tenant) and must be the one the Site's
+``status.identity`` names, of a Site that exists and is not decommissioned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import ssl
+import time
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from fleetplane.core.errors import ApiError, Cause, bad_request, forbidden, invalid, unauthorized
+from fleetplane.core.objects import Obj, now_rfc3339
+from fleetplane.identity.pki import IdentityError, check_issued_by, check_window, public_key_from_request
+from fleetplane.kinds import REGISTRATION, SITE, TRUSTED_MANUFACTURER
+from fleetplane.server.context import ServerContext
+from fleetplane.server.identity import identity
+from fleetplane.server.onboarding import (
+    accept,
+    check_poll_token,
+    consume_token,
+    expire_if_stale,
+    poll_token,
+    registration_name,
+)
+from fleetplane.server.requests import JsonResponse, read_object
+
+PREFIX = "/site-api/v1"
+NONCE_LIFETIME = 300
+MAX_WAIT = 60
+DEFAULT_TENANT = "default"
+RETRIES = 20
+router = APIRouter(prefix=PREFIX)
+
+
+def _ctx(request: Request) -> ServerContext:
+    ctx: ServerContext = request.app.state.ctx
+    return ctx
+
+
+# -- nonces: self-verifying, so any replica can check one -------------------------------------
+
+
+def make_nonce(key: bytes, now: float | None = None) -> tuple[str, int]:
+    expires = int((now or time.time()) + NONCE_LIFETIME)
+    payload = f"{expires}.{secrets.token_hex(16)}"
+    mac = hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()
+    return f"{payload}.{mac}", expires
+
+
+def check_nonce(key: bytes, nonce: str) -> None:
+    parts = nonce.split(".") if isinstance(nonce, str) else []
+    if len(parts) != 3 or not parts[0].isdigit():
+        raise unauthorized("Unauthorized: malformed device nonce; get one from GET /site-api/v1/nonce")
+    mac = hmac.new(key, f"{parts[0]}.{parts[1]}".encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(mac, parts[2]):
+        raise unauthorized("Unauthorized: the device nonce was not issued by this server")
+    if int(parts[0]) < time.time():
+        raise unauthorized("Unauthorized: the device nonce is stale (older than 5 minutes); get a new one")
+
+
+@router.get("/nonce")
+async def nonce(request: Request) -> JsonResponse:
+    key = await asyncio.to_thread(identity(_ctx(request)).nonce_key)
+    value, expires = make_nonce(key)
+    when = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return JsonResponse({"nonce": value, "expiresAt": when})
+
+
+# -- device proof ---------------------------------------------------------------------------------
+
+
+def _verify_signature(leaf: x509.Certificate, message: bytes, signature: bytes) -> None:
+    key = leaf.public_key()
+    try:
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        elif isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise unauthorized("Unauthorized: device keys must be ECDSA or RSA")
+    except InvalidSignature:
+        raise unauthorized(
+            "Unauthorized: bad device proof: the signature over nonce + SHA-256(csr) does not verify"
+        ) from None
+
+
+def _chains_to(chain: list[x509.Certificate], anchors: list[x509.Certificate], now: dt.datetime) -> bool:
+    """Whether ``chain`` (leaf first) leads to one of ``anchors`` through valid CA certificates."""
+    current, rest = chain[0], list(chain[1:])
+    for _ in range(len(chain) + 1):
+        for anchor in anchors:
+            try:
+                check_issued_by(current, anchor, "device certificate")
+                check_window(anchor, now, "manufacturer CA")
+                return True
+            except IdentityError:
+                continue
+        nxt = None
+        for cand in rest:
+            try:
+                check_issued_by(current, cand, "device certificate")
+                bc = cand.extensions.get_extension_for_class(x509.BasicConstraints).value
+                check_window(cand, now, "device intermediate")
+            except (IdentityError, x509.ExtensionNotFound):
+                continue
+            if bc.ca:
+                nxt = cand
+                break
+        if nxt is None:
+            return False
+        rest.remove(nxt)
+        current = nxt
+    return False
+
+
+def device_proof(ctx: ServerContext, tenant: str, device: Any, csr: str) -> tuple[str, Obj]:
+    """(subject, manufacturer) for a valid device proof; 401 (bad proof) or 403 (untrusted)."""
+    if not isinstance(device, dict):
+        raise bad_request("device must be an object", [Cause("device", "must be an object")])
+    check_nonce(identity(ctx).nonce_key(), str(device.get("nonce") or ""))
+    try:
+        pems = device.get("certificates") or []
+        chain = [x509.load_pem_x509_certificate(str(p).encode()) for p in pems]
+        signature = base64.b64decode(str(device.get("signature") or ""), validate=True)
+    except (ValueError, binascii.Error, TypeError):
+        raise unauthorized("Unauthorized: bad device proof: unreadable certificates or signature") from None
+    if not chain:
+        raise unauthorized("Unauthorized: bad device proof: no device certificate")
+    message = str(device["nonce"]).encode() + hashlib.sha256(csr.encode()).digest()
+    _verify_signature(chain[0], message, signature)
+    now = dt.datetime.now(dt.UTC)
+    try:
+        check_window(chain[0], now, "device certificate")
+    except IdentityError as exc:
+        raise unauthorized(f"Unauthorized: {exc.message}") from None
+    subject = chain[0].subject.rfc4514_string()
+    for maker in ctx.store.list(tenant, TRUSTED_MANUFACTURER.kind).items:
+        anchors = x509.load_pem_x509_certificates(str(maker["spec"]["caBundle"]).encode())
+        if _chains_to(chain, anchors, now):
+            return subject, maker
+    raise forbidden(
+        f'Forbidden: device certificate "{subject}" is not from a manufacturer trusted by tenant "{tenant}"'
+    )
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+
+def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
+    csr = body.get("csr")
+    if not isinstance(csr, str) or not csr.strip():
+        raise bad_request("csr is required", [Cause("csr", "required", "FieldValueRequired")])
+    try:
+        public_key_from_request(csr.encode())
+    except IdentityError as exc:
+        raise invalid(REGISTRATION.kind, "", [Cause("csr", exc.message, exc.reason)]) from None
+    spec: dict[str, Any] = {
+        "csr": csr,
+        "facts": body.get("facts") or {},
+        "requestedLabels": body.get("requestedLabels") or {},
+    }
+    if body.get("requestedName"):
+        spec["requestedName"] = body["requestedName"]
+    if body.get("token"):
+        tenant, source = consume_token(ctx, str(body["token"]))
+        spec |= {"method": "token", "tokenName": source["metadata"]["name"]}
+    elif body.get("device") is not None:
+        tenant = str(body.get("tenant") or DEFAULT_TENANT)
+        subject, source = device_proof(ctx, tenant, body["device"], csr)
+        spec |= {"method": "device", "manufacturer": source["metadata"]["name"], "deviceSubject": subject}
+    else:
+        raise unauthorized("Unauthorized: a registration token or a device proof is required")
+    auto = bool((source.get("spec") or {}).get("autoAccept"))
+    name = registration_name(spec.get("requestedName"), (spec["facts"] or {}).get("hostname"))
+    secret, digest = poll_token(tenant, name)
+    obj = REGISTRATION.normalize({"metadata": {"name": name}, "spec": spec})
+    obj["status"] = {"phase": "Pending", "pollHash": digest, "autoAccept": auto}
+    created = ctx.store.create(tenant, obj)
+    if auto:
+        try:
+            created = accept(ctx, tenant, name, None, {}, source)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            # e.g. the requested site name is taken: leave it to the operator
+    return {"name": name, "phase": created["status"]["phase"], "pollToken": secret}
+
+
+@router.post("/registrations")
+async def create_registration(request: Request) -> JsonResponse:
+    ctx = _ctx(request)
+    body = await read_object(request)
+    return JsonResponse(await asyncio.to_thread(register, ctx, body), status_code=201)
+
+
+def _answer(reg: Obj) -> dict[str, Any]:
+    status = reg.get("status") or {}
+    out = {"phase": status.get("phase", "Pending")}
+    for key in ("reason", "site", "certificate", "caBundle"):
+        if status.get(key):
+            out[key] = status[key]
+    return out
+
+
+@router.get("/registrations/{name}")
+async def poll_registration(request: Request, name: str) -> JsonResponse:
+    ctx = _ctx(request)
+    tenant, reg = await asyncio.to_thread(check_poll_token, ctx, request.headers.get("authorization"), name)
+    try:
+        wait = min(float(request.query_params.get("waitSeconds") or 0), MAX_WAIT)
+    except ValueError:
+        raise bad_request(
+            "waitSeconds must be a number", [Cause("waitSeconds", "must be a number")]
+        ) from None
+    deadline = time.monotonic() + wait
+    while True:
+        reg = await asyncio.to_thread(expire_if_stale, ctx, tenant, reg)
+        if (reg.get("status") or {}).get("phase", "Pending") != "Pending" or time.monotonic() >= deadline:
+            return JsonResponse(_answer(reg))
+        await asyncio.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
+        reg = await asyncio.to_thread(ctx.store.get, tenant, REGISTRATION.kind, "", name)
+
+
+# -- calls of a registered site (mutual TLS) ---------------------------------------------------
+
+
+def peer_certificate(request: Request) -> bytes:
+    """The DER client certificate of this connection, from the ASGI TLS extension."""
+    tls = (request.scope.get("extensions") or {}).get("tls") or {}
+    chain = tls.get("client_cert_chain") or []
+    if not chain:
+        raise unauthorized("Unauthorized: this call needs the site's client certificate (mutual TLS)")
+    return ssl.PEM_cert_to_DER_cert(chain[0])
+
+
+def site_of(ctx: ServerContext, der: bytes) -> tuple[str, Obj]:
+    tenant, name, serial = identity(ctx).verify_site_cert(der)
+    site = ctx.store.get_or_none(tenant, SITE.kind, "", name)
+    if site is None:
+        raise unauthorized(f'Unauthorized: site "{name}" no longer exists; its certificate is revoked')
+    status = site.get("status") or {}
+    if status.get("phase") == "Decommissioned":
+        raise unauthorized(f'Unauthorized: site "{name}" is decommissioned; its certificate is revoked')
+    current = (status.get("identity") or {}).get("serial")
+    if current != f"{serial:x}":
+        raise unauthorized(
+            f'Unauthorized: certificate {serial:x} is not the current certificate of site "{name}" '
+            "(superseded or revoked)"
+        )
+    return tenant, site
+
+
+async def _site(request: Request) -> tuple[ServerContext, str, Obj]:
+    ctx = _ctx(request)
+    tenant, site = await asyncio.to_thread(site_of, ctx, peer_certificate(request))
+    return ctx, tenant, site
+
+
+@router.get("/site")
+async def get_site(request: Request) -> JsonResponse:
+    _, _, site = await _site(request)
+    return JsonResponse(SITE.redact(site))
+
+
+def _update_status(ctx: ServerContext, tenant: str, site: Obj, wanted: dict[str, Any]) -> Obj:
+    if wanted.get("phase") == "Decommissioned":
+        raise forbidden("Forbidden: a site cannot decommission itself; the operator does")
+    for _ in range(RETRIES):
+        status = {**wanted, "identity": (site.get("status") or {}).get("identity")}
+        if not status["identity"]:
+            status.pop("identity")
+        obj = SITE.normalize({**site, "status": status})
+        obj["metadata"] = site["metadata"]
+        try:
+            return ctx.store.update(tenant, obj, part="status")
+        except ApiError as exc:
+            if exc.reason != "Conflict":
+                raise
+        site = ctx.store.get(tenant, SITE.kind, "", site["metadata"]["name"])
+    raise ApiError(409, "Conflict", "the site changed too often; try again")
+
+
+@router.put("/site/status")
+async def put_status(request: Request) -> JsonResponse:
+    ctx, tenant, site = await _site(request)
+    body = await read_object(request)
+    wanted = body.get("status")
+    if not isinstance(wanted, dict):
+        raise bad_request("status must be an object", [Cause("status", "must be an object")])
+    wanted = {**wanted, "lastSeen": wanted.get("lastSeen") or now_rfc3339()}
+    return JsonResponse(SITE.redact(await asyncio.to_thread(_update_status, ctx, tenant, site, wanted)))
+
+
+def renew(ctx: ServerContext, tenant: str, site: Obj, csr: str) -> str:
+    name = site["metadata"]["name"]
+    service = identity(ctx)
+    issued = service.sign(tenant, csr, name)
+    old: str | None = None
+    for _ in range(RETRIES):
+        status = dict(site.get("status") or {})
+        old = (status.get("identity") or {}).get("serial")
+        status["identity"] = {**(status.get("identity") or {}), "serial": issued.serial_hex}
+        status["identity"]["notAfter"] = issued.not_after
+        try:
+            ctx.store.update(tenant, {**site, "status": status}, part="status")
+            break
+        except ApiError as exc:
+            if exc.reason != "Conflict":
+                raise
+        site = ctx.store.get(tenant, SITE.kind, "", name)
+    else:
+        raise ApiError(409, "Conflict", "the site changed too often; try again")
+    if old and old != issued.serial_hex:
+        service.revoke(tenant, int(old, 16), "superseded")
+    return issued.certificate
+
+
+@router.post("/site/certificate")
+async def renew_certificate(request: Request) -> JsonResponse:
+    ctx, tenant, site = await _site(request)
+    body = await read_object(request)
+    csr = body.get("csr")
+    if not isinstance(csr, str) or not csr.strip():
+        raise bad_request("csr is required", [Cause("csr", "required", "FieldValueRequired")])
+    return JsonResponse({"certificate": await asyncio.to_thread(renew, ctx, tenant, site, csr)})
+
+
+@router.get("/crl/{tenant}")
+async def crl(request: Request, tenant: str) -> Response:
+    pem = await asyncio.to_thread(identity(_ctx(request)).crl, tenant)
+    return Response(pem, media_type="application/x-pem-file")

@@ -1,0 +1,96 @@
+"""Mutual TLS on the one port: ask for (never require) a client certificate, trust every
+tenant's root + issuing CA, and hand the peer certificate to the application.
+
+uvicorn does not put the client certificate into the ASGI scope, so :class:`MtlsHttpToolsProtocol`
+(a small subclass of its httptools protocol) fills the ASGI TLS extension,
+``scope["extensions"]["tls"]["client_cert_chain"]``, from the connection's SSL object; the
+application verifies the certificate again itself (``server/site_api.py``). Never a header.
+
+OpenSSL refuses at the handshake a client certificate it cannot verify (an unknown CA,
+expired); a verified one may still be revoked or of a deleted site, which the application
+answers with 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class TrustBundle:
+    """The CA certificates client certificates are verified against, shared by every live
+    context: a CA added later (a new tenant's) is trusted by the next handshake."""
+
+    def __init__(self) -> None:
+        self._contexts: list[ssl.SSLContext] = []
+        self._added: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def attach(self, context: ssl.SSLContext) -> None:
+        with self._lock:
+            self._contexts.append(context)
+            for pem in self._added:
+                context.load_verify_locations(cadata=pem.decode())
+
+    def add(self, pem: bytes) -> None:
+        if not pem.strip():
+            return
+        with self._lock:
+            if pem in self._added:
+                return
+            self._added.add(pem)
+            for context in self._contexts:
+                context.load_verify_locations(cadata=pem.decode())
+
+
+TRUST = TrustBundle()
+
+
+def ssl_context_factory(
+    trust: TrustBundle = TRUST,
+) -> Callable[[Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
+    """For uvicorn's ``ssl_context_factory``: the serving certificate from ``ssl_certfile`` /
+    ``ssl_keyfile``, plus an optional client certificate verified against ``trust``."""
+
+    def factory(config: Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        context = default()
+        context.verify_mode = ssl.CERT_OPTIONAL
+        trust.attach(context)
+        return context
+
+    return factory
+
+
+class MtlsHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus the ASGI TLS extension in every request's scope."""
+
+    _tls_extension: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            self._tls_extension = None
+            return
+        der = ssl_object.getpeercert(binary_form=True)
+        self._tls_extension = {
+            "server_cert": None,
+            "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+            "client_cert_name": None,
+            "client_cert_error": None,
+            "tls_version": None,
+            "cipher_suite": None,
+        }
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls_extension is not None:
+            extensions: dict[Any, Any] = dict(self.scope.get("extensions") or {})
+            extensions["tls"] = self._tls_extension
+            self.scope["extensions"] = extensions
