@@ -217,6 +217,55 @@ def test_noop_update_keeps_resource_version_and_emits_nothing(store: Store) -> N
     assert changed["metadata"]["resourceVersion"] == str(rev + 1)
 
 
+# -- batch ----------------------------------------------------------------------------------------
+
+
+def test_batch_commits_all_writes_together_each_with_its_revision(store: Store) -> None:
+    heard: list[int] = []
+    store.create("acme", site("old"))
+    counter = store.create("acme", {**site("counter"), "status": {"uses": 0}})
+    store.add_commit_listener(heard.append)
+    rev = store.revision()
+    with store.batch() as b:
+        made = b.create("acme", site("a", displayName="x"))
+        seen = b.get_or_none("acme", "Site", "", "counter")
+        assert seen == counter  # reads see the store, and the batch's own writes:
+        assert b.get_or_none("acme", "Site", "", "a") == made
+        bumped = b.update("acme", {**counter, "status": {"uses": 1}}, part="status")
+        assert b.update("acme", bumped) == bumped  # a no-op takes no revision
+        gone = b.delete("acme", "Site", "", "old")
+    assert [made["metadata"]["resourceVersion"], bumped["metadata"]["resourceVersion"]] == [
+        str(rev + 1),
+        str(rev + 2),
+    ]
+    assert gone["metadata"]["resourceVersion"] == str(rev + 3)
+    assert store.revision() == rev + 3
+    assert [(e.revision, e.type, e.name) for e in store.events_since(rev)] == [
+        (rev + 1, EventType.ADDED, "a"),
+        (rev + 2, EventType.MODIFIED, "counter"),
+        (rev + 3, EventType.DELETED, "old"),
+    ]
+    assert heard and max(heard) == rev + 3
+    assert store.get("acme", "Site", "", "counter")["status"] == {"uses": 1}
+
+
+def test_batch_that_raises_writes_nothing(store: Store) -> None:
+    counter = store.create("acme", {**site("counter"), "status": {"uses": 0}})
+    rev = store.revision()
+    with pytest.raises(ApiError) as exc, store.batch() as b:
+        b.update("acme", {**counter, "status": {"uses": 1}}, part="status")
+        b.create("acme", site("new"))
+        b.create("acme", site("counter"))  # AlreadyExists: the whole batch rolls back
+    assert api_error(exc)[0] == 409
+    assert store.revision() == rev
+    assert store.events_since(rev) == []
+    assert store.get_or_none("acme", "Site", "", "new") is None
+    assert store.get("acme", "Site", "", "counter") == counter
+    with store.batch() as b:  # a batch that writes nothing changes nothing either
+        assert b.update("acme", counter) == counter
+    assert store.revision() == rev
+
+
 # -- delete ---------------------------------------------------------------------------------------
 
 

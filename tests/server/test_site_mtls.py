@@ -4,6 +4,7 @@ refused certificate is refused (at the handshake or with 401); secrets never rea
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +69,21 @@ def test_own_site_read_and_status(server: ServerProcess, op: httpx.Client, tmp_p
     # without a certificate the site calls are refused
     with anonymous(server) as http:
         unauthorized(http.get(f"{SITE_API}/site"), "client certificate (mutual TLS)")
+
+
+def test_phase_and_last_seen_are_the_servers_to_say(
+    server: ServerProcess, op: httpx.Client, tmp_path: Path
+) -> None:
+    agent = onboard(server, op, tmp_path, "m-clock")
+    skewed = {"status": {"phase": "Offline", "lastSeen": "2001-01-01T00:00:00Z", "nodeCount": 2}}
+    with agent.mtls() as site:
+        r = site.put(f"{SITE_API}/site/status", json=skewed)
+        assert r.status_code == 200, r.text
+    seen = op.get(f"{API}/sites/m-clock").json()["status"]
+    # A site that reports is Online, and its clock does not decide when it was last seen.
+    assert seen["phase"] == "Online" and seen["nodeCount"] == 2
+    last = dt.datetime.strptime(seen["lastSeen"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - last).total_seconds()) < 60
 
 
 def test_delete_revokes_at_once_and_crl_lists_it(

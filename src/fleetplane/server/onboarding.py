@@ -23,10 +23,11 @@ from fastapi import APIRouter, Request
 from fleetplane.core.errors import ApiError, Cause, bad_request, conflict, unauthorized
 from fleetplane.core.objects import Obj, now_rfc3339
 from fleetplane.core.registry import GROUP, VERSION
+from fleetplane.core.store import Store, StoreBatch
 from fleetplane.kinds import REGISTRATION, REGISTRATION_TOKEN, SITE
 from fleetplane.server.auth import Principal, authenticate, authorize, hash_secret
 from fleetplane.server.context import ServerContext
-from fleetplane.server.identity import identity
+from fleetplane.server.identity import Issued, identity
 from fleetplane.server.requests import JsonResponse, read_object
 
 TOKEN_PREFIX = "fpt"  # noqa: S105  (a prefix, not a secret)
@@ -63,29 +64,52 @@ def mint_token(ctx: ServerContext, tenant: str, name: str) -> tuple[dict[str, An
     return reveal, hash_secret(secret)
 
 
-def consume_token(ctx: ServerContext, token: str) -> tuple[str, Obj]:
-    """Check a registration token and count one use; (tenant, token object) or 401 saying why."""
+def _check_token(reader: Store | StoreBatch, token: str) -> tuple[str, Obj]:
+    """(tenant, token object) of a valid, unexpired, not used-up registration token, or 401."""
     parts = token.split("_")
     if len(parts) != 4 or parts[0] != TOKEN_PREFIX:
         raise unauthorized("Unauthorized: malformed registration token")
     _, tenant, name, secret = parts
+    obj = reader.get_or_none(tenant, REGISTRATION_TOKEN.kind, "", name) if tenant and name else None
+    stored = str(((obj or {}).get("status") or {}).get("keyHash") or "")
+    if obj is None or not hmac.compare_digest(stored, hash_secret(secret)):
+        raise unauthorized("Unauthorized: unknown or deleted registration token")
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    expires = spec.get("expiresAt")
+    if expires and _ts(str(expires)) <= dt.datetime.now(dt.UTC):
+        raise unauthorized(f'Unauthorized: registration token "{name}" expired at {expires}')
+    uses, max_uses = int(status.get("uses") or 0), spec.get("maxUses")
+    if max_uses is not None and uses >= int(max_uses):
+        raise unauthorized(
+            f'Unauthorized: registration token "{name}" is used up ({uses} of {max_uses} uses)'
+        )
+    return tenant, obj
+
+
+def check_token(ctx: ServerContext, token: str) -> tuple[str, Obj]:
+    """A read-only :func:`consume_token`: to refuse a bad token before doing any work for it."""
+    return _check_token(ctx.store, token)
+
+
+def _count_use(writer: Store | StoreBatch, tenant: str, obj: Obj) -> Obj:
+    status = obj.get("status") or {}
+    updated = {
+        **obj,
+        "status": {**status, "uses": int(status.get("uses") or 0) + 1, "lastUsed": now_rfc3339()},
+    }
+    return writer.update(tenant, updated, part="status")
+
+
+def consume_token(ctx: ServerContext, token: str, batch: StoreBatch | None = None) -> tuple[str, Obj]:
+    """Check a registration token and count one use; (tenant, token object) or 401 saying why.
+    In a ``batch`` (which holds the write lock) the check and the count cannot race."""
+    if batch is not None:
+        tenant, obj = _check_token(batch, token)
+        return tenant, _count_use(batch, tenant, obj)
     for _ in range(RETRIES):
-        obj = ctx.store.get_or_none(tenant, REGISTRATION_TOKEN.kind, "", name) if tenant and name else None
-        stored = str(((obj or {}).get("status") or {}).get("keyHash") or "")
-        if obj is None or not hmac.compare_digest(stored, hash_secret(secret)):
-            raise unauthorized("Unauthorized: unknown or deleted registration token")
-        spec, status = obj.get("spec") or {}, obj.get("status") or {}
-        expires = spec.get("expiresAt")
-        if expires and _ts(str(expires)) <= dt.datetime.now(dt.UTC):
-            raise unauthorized(f'Unauthorized: registration token "{name}" expired at {expires}')
-        uses, max_uses = int(status.get("uses") or 0), spec.get("maxUses")
-        if max_uses is not None and uses >= int(max_uses):
-            raise unauthorized(
-                f'Unauthorized: registration token "{name}" is used up ({uses} of {max_uses} uses)'
-            )
-        updated = {**obj, "status": {**status, "uses": uses + 1, "lastUsed": now_rfc3339()}}
+        tenant, obj = _check_token(ctx.store, token)
         try:
-            return tenant, ctx.store.update(tenant, updated, part="status")
+            return tenant, _count_use(ctx.store, tenant, obj)
         except ApiError as exc:
             if exc.reason != "Conflict":
                 raise
@@ -146,20 +170,17 @@ def _decided(reg: Obj) -> ApiError:
     return conflict(REGISTRATION.kind, name, detail, REGISTRATION.plural)
 
 
-def accept(
+def plan_accept(
     ctx: ServerContext,
     tenant: str,
     name: str,
+    spec: dict[str, Any],
     site_name: str | None,
     labels: dict[str, str],
     source: Obj | None,
-) -> Obj:
-    """Create the Site, sign its certificate and mark the registration Accepted."""
-    reg = expire_if_stale(ctx, tenant, ctx.store.get(tenant, REGISTRATION.kind, "", name))
-    status = reg.get("status") or {}
-    if status.get("phase", "Pending") != "Pending":
-        raise _decided(reg)
-    spec = reg["spec"]
+) -> tuple[Obj, Issued]:
+    """The Site that accepting registration ``name`` (of ``spec``) creates, with the
+    certificate signed for it; nothing is written yet (see :func:`record_accept`)."""
     site = site_name or spec.get("requestedName") or name
     wanted = {
         **((source or {}).get("spec") or {}).get("labels", {}),
@@ -182,17 +203,23 @@ def accept(
             "spec": site_spec,
         }
     )
-    service = identity(ctx)
-    issued = service.sign(tenant, spec["csr"], site)
+    issued = identity(ctx).sign(tenant, spec["csr"], site)
     site_obj["status"] = {
         "phase": "Pending",
         "softwareVersion": facts.get("agentVersion"),
         "osVersion": facts.get("osVersion"),
         "identity": {"serial": issued.serial_hex, "notAfter": issued.not_after, "registration": name},
     }
-    site_obj = SITE.normalize(site_obj)
+    return SITE.normalize(site_obj), issued
+
+
+def record_accept(
+    ctx: ServerContext, writer: Store | StoreBatch, tenant: str, reg: Obj, site_obj: Obj, issued: Issued
+) -> Obj:
+    """Create the planned Site and mark the registration Accepted with its certificate."""
+    site = site_obj["metadata"]["name"]
     try:
-        ctx.store.create(tenant, site_obj)
+        writer.create(tenant, site_obj)
     except ApiError as exc:
         if exc.code == 409:
             raise ApiError(
@@ -204,18 +231,36 @@ def accept(
             ) from None
         raise
     decided = {
-        **status,
+        **(reg.get("status") or {}),
         "phase": "Accepted",
         "site": site,
         "certificate": issued.certificate,
-        "caBundle": service.bundle(tenant),
+        "caBundle": identity(ctx).bundle(tenant),
         "decidedAt": now_rfc3339(),
     }
+    return writer.update(tenant, {**reg, "status": decided}, part="status")
+
+
+def accept(
+    ctx: ServerContext,
+    tenant: str,
+    name: str,
+    site_name: str | None,
+    labels: dict[str, str],
+    source: Obj | None,
+) -> Obj:
+    """Create the Site, sign its certificate and mark the registration Accepted."""
+    reg = expire_if_stale(ctx, tenant, ctx.store.get(tenant, REGISTRATION.kind, "", name))
+    if (reg.get("status") or {}).get("phase", "Pending") != "Pending":
+        raise _decided(reg)
+    site_obj, issued = plan_accept(ctx, tenant, name, reg["spec"], site_name, labels, source)
     try:
-        return ctx.store.update(tenant, {**reg, "status": decided}, part="status")
-    except ApiError:
-        ctx.store.delete(tenant, SITE.kind, "", site)  # someone decided first: undo our site
-        service.revoke(tenant, issued.serial, "superseded")
+        # One transaction: the Site exists exactly when the registration says Accepted.
+        with ctx.store.batch() as batch:
+            return record_accept(ctx, batch, tenant, reg, site_obj, issued)
+    except ApiError as exc:
+        if exc.reason != "AlreadyExists":  # someone decided first: the certificate is void
+            identity(ctx).revoke(tenant, issued.serial, "superseded")
         raise
 
 

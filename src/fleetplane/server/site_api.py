@@ -34,11 +34,13 @@ from fleetplane.kinds import REGISTRATION, SITE, TRUSTED_MANUFACTURER
 from fleetplane.server.context import ServerContext
 from fleetplane.server.identity import identity
 from fleetplane.server.onboarding import (
-    accept,
     check_poll_token,
+    check_token,
     consume_token,
     expire_if_stale,
+    plan_accept,
     poll_token,
+    record_accept,
     registration_name,
 )
 from fleetplane.server.requests import JsonResponse, read_object
@@ -180,8 +182,9 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
     }
     if body.get("requestedName"):
         spec["requestedName"] = body["requestedName"]
-    if body.get("token"):
-        tenant, source = consume_token(ctx, str(body["token"]))
+    token = str(body["token"]) if body.get("token") else None
+    if token:
+        tenant, source = check_token(ctx, token)  # refused before any work is done for it
         spec |= {"method": "token", "tokenName": source["metadata"]["name"]}
     elif body.get("device") is not None:
         tenant = str(body.get("tenant") or DEFAULT_TENANT)
@@ -189,19 +192,27 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
         spec |= {"method": "device", "manufacturer": source["metadata"]["name"], "deviceSubject": subject}
     else:
         raise unauthorized("Unauthorized: a registration token or a device proof is required")
-    auto = bool((source.get("spec") or {}).get("autoAccept"))
     name = registration_name(spec.get("requestedName"), (spec["facts"] or {}).get("hostname"))
     secret, digest = poll_token(tenant, name)
-    obj = REGISTRATION.normalize({"metadata": {"name": name}, "spec": spec})
-    obj["status"] = {"phase": "Pending", "pollHash": digest, "autoAccept": auto}
-    created = ctx.store.create(tenant, obj)
-    if auto:
-        try:
-            created = accept(ctx, tenant, name, None, {}, source)
-        except ApiError as exc:
-            if exc.code != 409:
-                raise
-            # e.g. the requested site name is taken: leave it to the operator
+    # Auto-accept: sign before the write transaction (the signature needs no lock), then
+    # count the token's use, create the registration and the Site and mark it Accepted in
+    # ONE transaction, so one durable commit per registration instead of four.
+    plan = None
+    if (source.get("spec") or {}).get("autoAccept"):
+        plan = plan_accept(ctx, tenant, name, spec, None, {}, source)
+    with ctx.store.batch() as batch:
+        if token:
+            tenant, source = consume_token(ctx, token, batch)  # checked again under the write lock
+        auto = bool((source.get("spec") or {}).get("autoAccept"))
+        obj = REGISTRATION.normalize({"metadata": {"name": name}, "spec": spec})
+        obj["status"] = {"phase": "Pending", "pollHash": digest, "autoAccept": auto}
+        created = batch.create(tenant, obj)
+        if auto and plan is not None:
+            site_obj, issued = plan
+            # A taken site name leaves the registration Pending for the operator (who can
+            # accept it under another name); the certificate signed for it is never handed out.
+            if batch.get_or_none(tenant, SITE.kind, "", site_obj["metadata"]["name"]) is None:
+                created = record_accept(ctx, batch, tenant, created, site_obj, issued)
     return {"name": name, "phase": created["status"]["phase"], "pollToken": secret}
 
 
@@ -269,7 +280,7 @@ def site_of(ctx: ServerContext, der: bytes) -> tuple[str, Obj]:
     return tenant, site
 
 
-async def _site(request: Request) -> tuple[ServerContext, str, Obj]:
+async def authenticated_site(request: Request) -> tuple[ServerContext, str, Obj]:
     ctx = _ctx(request)
     tenant, site = await asyncio.to_thread(site_of, ctx, peer_certificate(request))
     return ctx, tenant, site
@@ -277,13 +288,16 @@ async def _site(request: Request) -> tuple[ServerContext, str, Obj]:
 
 @router.get("/site")
 async def get_site(request: Request) -> JsonResponse:
-    _, _, site = await _site(request)
+    _, _, site = await authenticated_site(request)
     return JsonResponse(SITE.redact(site))
 
 
 def _update_status(ctx: ServerContext, tenant: str, site: Obj, wanted: dict[str, Any]) -> Obj:
     if wanted.get("phase") == "Decommissioned":
         raise forbidden("Forbidden: a site cannot decommission itself; the operator does")
+    # Phase and lastSeen are the server's to say: a site that reports is Online (it cannot
+    # call itself Offline), and its clock may be skewed, so lastSeen is the server's time.
+    wanted = {**wanted, "phase": "Online", "lastSeen": now_rfc3339()}
     for _ in range(RETRIES):
         status = {**wanted, "identity": (site.get("status") or {}).get("identity")}
         if not status["identity"]:
@@ -301,12 +315,11 @@ def _update_status(ctx: ServerContext, tenant: str, site: Obj, wanted: dict[str,
 
 @router.put("/site/status")
 async def put_status(request: Request) -> JsonResponse:
-    ctx, tenant, site = await _site(request)
+    ctx, tenant, site = await authenticated_site(request)
     body = await read_object(request)
     wanted = body.get("status")
     if not isinstance(wanted, dict):
         raise bad_request("status must be an object", [Cause("status", "must be an object")])
-    wanted = {**wanted, "lastSeen": wanted.get("lastSeen") or now_rfc3339()}
     return JsonResponse(SITE.redact(await asyncio.to_thread(_update_status, ctx, tenant, site, wanted)))
 
 
@@ -336,7 +349,7 @@ def renew(ctx: ServerContext, tenant: str, site: Obj, csr: str) -> str:
 
 @router.post("/site/certificate")
 async def renew_certificate(request: Request) -> JsonResponse:
-    ctx, tenant, site = await _site(request)
+    ctx, tenant, site = await authenticated_site(request)
     body = await read_object(request)
     csr = body.get("csr")
     if not isinstance(csr, str) or not csr.strip():

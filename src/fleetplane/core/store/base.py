@@ -13,6 +13,7 @@ import binascii
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -70,6 +71,26 @@ def decode_continue(token: str) -> tuple[int, str, str]:
         raise bad_request("continue: invalid continue token") from exc
 
 
+class StoreBatch(ABC):
+    """Writes that commit together, in one transaction (one durable commit) or not at all;
+    see :meth:`Store.batch`. The methods mean what :class:`Store`'s do."""
+
+    @abstractmethod
+    def create(self, tenant: str, obj: Obj) -> Obj: ...
+
+    @abstractmethod
+    def get_or_none(self, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
+        """The object as this batch sees it (its own writes included), or ``None``."""
+
+    @abstractmethod
+    def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all") -> Obj: ...
+
+    @abstractmethod
+    def delete(
+        self, tenant: str, kind: str, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> Obj: ...
+
+
 class Store(ABC):
     """Backend-independent contract; see ``tests/core/test_store_contract.py``."""
 
@@ -113,6 +134,14 @@ class Store(ABC):
         self, tenant: str, kind: str, namespace: str, name: str, *, resource_version: str | None = None
     ) -> Obj:
         """Delete (or, with finalizers, mark for deletion); return the last state."""
+
+    @abstractmethod
+    def batch(self) -> AbstractContextManager[StoreBatch]:
+        """Several writes as one transaction: ``with store.batch() as b: b.create(...);
+        b.update(...)``. The batch holds the write lock from its start, so what it reads is
+        what it writes over (no ``Conflict`` from other writers in between); every write
+        still takes its own revision and event. All commit together when the block ends, or
+        none does if it raises (the exception propagates)."""
 
     @abstractmethod
     def revision(self) -> int:

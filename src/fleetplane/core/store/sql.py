@@ -37,6 +37,7 @@ from fleetplane.core.store.base import (
     FieldFilter,
     ListResult,
     Store,
+    StoreBatch,
     UpdatePart,
     decode_continue,
     encode_continue,
@@ -74,6 +75,21 @@ meta_table = Table(
 Index("objects_rv", objects_table.c.rv)
 
 LIST_BATCH = 500
+
+# The statements of every write, built once (a text() construct parses its SQL each time).
+_LOAD = text("SELECT data FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n")
+_INSERT = text(
+    "INSERT INTO objects (tenant, kind, namespace, name, rv, data) VALUES (:t, :k, :ns, :n, :rv, :d)"
+)
+_UPDATE = text(
+    "UPDATE objects SET rv = :rv, data = :d WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
+)
+_DELETE = text("DELETE FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n")
+_EVENT = text(
+    "INSERT INTO events (rev, type, tenant, kind, namespace, name, data, prev_labels) "
+    "VALUES (:rv, :ty, :t, :k, :ns, :n, :d, :pl)"
+)
+_BUMP = text("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value")
 
 
 def dumps(obj: Any) -> str:
@@ -128,18 +144,31 @@ class SqlStore(Store):
             conn.exec_driver_sql("COMMIT")
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[Connection, int]]:
-        """A write transaction holding the next revision; listeners hear of it after commit."""
-        with self._local_write_lock, self._tx(write=True) as conn:
-            rev = int(
-                conn.execute(
-                    text("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value")
-                ).scalar_one()
-            )
-            self._announce(conn, rev)
-            yield conn, rev
+    def _write(self) -> Iterator[_WriteTx]:
+        """A write transaction; listeners hear of its last revision after commit.
+
+        Its first revision is taken up front: bumping ``meta.revision`` takes the write lock
+        before anything is read, so writers are serialized and revisions commit in order.
+        Further writes in the same transaction (a :meth:`batch`) take further revisions. A
+        transaction that ends up writing nothing (a no-op update) is rolled back, so the
+        revision it took is given back."""
+        with self._local_write_lock:
+            try:
+                with self._tx(write=True) as conn:
+                    tx = _WriteTx(conn)
+                    yield tx
+                    if not tx.used:
+                        raise _Untouched
+                    self._announce(conn, tx.used[-1])
+            except _Untouched:
+                return
         for listener in list(self._listeners):
-            listener(rev)
+            listener(tx.used[-1])
+
+    @contextmanager
+    def batch(self) -> Iterator[StoreBatch]:
+        with self._write() as tx:
+            yield _SqlBatch(self, tx)
 
     def _announce(self, conn: Connection, revision: int) -> None:
         """Hook for backends that tell other replicas about a commit (inside the transaction)."""
@@ -148,9 +177,7 @@ class SqlStore(Store):
 
     def _load(self, conn: Connection, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
         row = conn.execute(
-            text(
-                "SELECT data FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
-            ),
+            _LOAD,
             {"t": tenant, "k": kind, "ns": namespace, "n": name},
         ).first()
         return orjson.loads(row.data) if row else None
@@ -164,49 +191,42 @@ class SqlStore(Store):
         params = {"t": tenant, "k": kind, "ns": ns, "n": name, "rv": rev, "d": data}
         if etype is EventType.ADDED:
             conn.execute(
-                text(
-                    "INSERT INTO objects (tenant, kind, namespace, name, rv, data) "
-                    "VALUES (:t, :k, :ns, :n, :rv, :d)"
-                ),
+                _INSERT,
                 params,
             )
         elif etype is EventType.MODIFIED:
             conn.execute(
-                text(
-                    "UPDATE objects SET rv = :rv, data = :d "
-                    "WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
-                ),
+                _UPDATE,
                 params,
             )
         else:
             conn.execute(
-                text("DELETE FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"),
+                _DELETE,
                 params,
             )
         conn.execute(
-            text(
-                "INSERT INTO events (rev, type, tenant, kind, namespace, name, data, prev_labels) "
-                "VALUES (:rv, :ty, :t, :k, :ns, :n, :d, :pl)"
-            ),
+            _EVENT,
             {**params, "ty": etype.value, "pl": dumps(labels_of(prev)) if prev is not None else None},
         )
 
     # -- the contract ---------------------------------------------------------------
 
     def create(self, tenant: str, obj: Obj) -> Obj:
+        with self._write() as tx:
+            return self._create_in(tx, tenant, obj)
+
+    def _create_in(self, tx: _WriteTx, tenant: str, obj: Obj) -> Obj:
         m = obj["metadata"]
         ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
-        with self._write() as (conn, rev):
-            if self._load(conn, tenant, kind, ns, name) is not None:
-                raise already_exists(kind, name)
-            meta = {k: v for k, v in m.items() if k not in ("deletionTimestamp",)}
-            meta.update(
-                uid=new_uid(), generation=1, creationTimestamp=now_rfc3339(), resourceVersion=str(rev)
-            )
-            if not ns:
-                meta.pop("namespace", None)
-            new = {**obj, "metadata": meta}
-            self._record(conn, rev, EventType.ADDED, tenant, new, None)
+        if self._load(tx.conn, tenant, kind, ns, name) is not None:
+            raise already_exists(kind, name)
+        rev = tx.next_rev()
+        meta = {k: v for k, v in m.items() if k not in ("deletionTimestamp",)}
+        meta.update(uid=new_uid(), generation=1, creationTimestamp=now_rfc3339(), resourceVersion=str(rev))
+        if not ns:
+            meta.pop("namespace", None)
+        new = {**obj, "metadata": meta}
+        self._record(tx.conn, rev, EventType.ADDED, tenant, new, None)
         return new
 
     def get(self, tenant: str, kind: str, namespace: str, name: str) -> Obj:
@@ -281,86 +301,83 @@ class SqlStore(Store):
         return current, out
 
     def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all") -> Obj:
-        try:
-            return self._update(tenant, obj, part)
-        except _NoChange as same:
-            return same.obj
+        with self._write() as tx:
+            return self._update_in(tx, tenant, obj, part)
 
-    def _update(self, tenant: str, obj: Obj, part: UpdatePart) -> Obj:
+    def _update_in(self, tx: _WriteTx, tenant: str, obj: Obj, part: UpdatePart) -> Obj:
         m = obj["metadata"]
         ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
-        with self._write() as (conn, rev):
-            old = self._load(conn, tenant, kind, ns, name)
-            if old is None:
-                raise not_found(kind, name)
-            om = old["metadata"]
-            want = m.get("resourceVersion")
-            if want and str(want) != om["resourceVersion"]:
-                raise conflict(
-                    kind,
-                    name,
-                    "the object has been modified; please apply your changes "
-                    "to the latest version and try again",
-                )
-            if part == "status":
-                new = {**old, "status": obj.get("status", {})}
-                meta = dict(om)
-            else:
-                new = {**obj}
-                if part == "main" and "status" in old:
-                    new["status"] = old["status"]
-                elif part == "main":
-                    new.pop("status", None)
-                # Server-owned fields come from the stored object only: a client cannot forge them
-                # (a deletionTimestamp in a replace would otherwise delete the object).
-                meta = {k: v for k, v in m.items() if k not in SERVER_METADATA}
-                for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
-                    if k in om:
-                        meta[k] = om[k]
-                if not ns:
-                    meta.pop("namespace", None)
-            if new.get("spec") != old.get("spec"):
-                meta["generation"] = int(om.get("generation", 1)) + 1
-            meta["resourceVersion"] = om["resourceVersion"]
-            new["metadata"] = meta
-            if _same(new, old):
-                # A no-op write changes nothing and keeps the revision, as Kubernetes does.
-                raise _NoChange(old)
-            meta["resourceVersion"] = str(rev)
-            done = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
-            self._record(conn, rev, EventType.DELETED if done else EventType.MODIFIED, tenant, new, old)
+        old = self._load(tx.conn, tenant, kind, ns, name)
+        if old is None:
+            raise not_found(kind, name)
+        om = old["metadata"]
+        want = m.get("resourceVersion")
+        if want and str(want) != om["resourceVersion"]:
+            raise conflict(
+                kind,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        if part == "status":
+            new = {**old, "status": obj.get("status", {})}
+            meta = dict(om)
+        else:
+            new = {**obj}
+            if part == "main" and "status" in old:
+                new["status"] = old["status"]
+            elif part == "main":
+                new.pop("status", None)
+            # Server-owned fields come from the stored object only: a client cannot forge them
+            # (a deletionTimestamp in a replace would otherwise delete the object).
+            meta = {k: v for k, v in m.items() if k not in SERVER_METADATA}
+            for k in ("uid", "creationTimestamp", "generation", "deletionTimestamp"):
+                if k in om:
+                    meta[k] = om[k]
+            if not ns:
+                meta.pop("namespace", None)
+        if new.get("spec") != old.get("spec"):
+            meta["generation"] = int(om.get("generation", 1)) + 1
+        meta["resourceVersion"] = om["resourceVersion"]
+        new["metadata"] = meta
+        if _same(new, old):
+            # A no-op write changes nothing and keeps the revision, as Kubernetes does.
+            return old
+        rev = tx.next_rev()
+        meta["resourceVersion"] = str(rev)
+        done = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
+        self._record(tx.conn, rev, EventType.DELETED if done else EventType.MODIFIED, tenant, new, old)
         return new
 
     def delete(
         self, tenant: str, kind: str, namespace: str, name: str, *, resource_version: str | None = None
     ) -> Obj:
-        try:
-            return self._delete(tenant, kind, namespace, name, resource_version)
-        except _NoChange as same:
-            return same.obj
+        with self._write() as tx:
+            return self._delete_in(tx, tenant, kind, namespace, name, resource_version)
 
-    def _delete(self, tenant: str, kind: str, namespace: str, name: str, resource_version: str | None) -> Obj:
-        with self._write() as (conn, rev):
-            old = self._load(conn, tenant, kind, namespace, name)
-            if old is None:
-                raise not_found(kind, name)
-            if resource_version and resource_version != old["metadata"]["resourceVersion"]:
-                raise conflict(
-                    kind,
-                    name,
-                    "the object has been modified; please apply your changes "
-                    "to the latest version and try again",
-                )
-            meta = {**old["metadata"], "resourceVersion": str(rev)}
-            if meta.get("finalizers"):
-                if meta.get("deletionTimestamp"):
-                    raise _NoChange(old)
-                meta["deletionTimestamp"] = now_rfc3339()
-                new = {**old, "metadata": meta}
-                self._record(conn, rev, EventType.MODIFIED, tenant, new, old)
-            else:
-                new = {**old, "metadata": meta}
-                self._record(conn, rev, EventType.DELETED, tenant, new, old)
+    def _delete_in(
+        self, tx: _WriteTx, tenant: str, kind: str, namespace: str, name: str, resource_version: str | None
+    ) -> Obj:
+        old = self._load(tx.conn, tenant, kind, namespace, name)
+        if old is None:
+            raise not_found(kind, name)
+        if resource_version and resource_version != old["metadata"]["resourceVersion"]:
+            raise conflict(
+                kind,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        meta = dict(old["metadata"])
+        if meta.get("finalizers"):
+            if meta.get("deletionTimestamp"):
+                return old
+            rev = tx.next_rev()
+            meta.update(deletionTimestamp=now_rfc3339(), resourceVersion=str(rev))
+            new = {**old, "metadata": meta}
+            self._record(tx.conn, rev, EventType.MODIFIED, tenant, new, old)
+        else:
+            rev = tx.next_rev()
+            new = {**old, "metadata": {**meta, "resourceVersion": str(rev)}}
+            self._record(tx.conn, rev, EventType.DELETED, tenant, new, old)
         return new
 
     def revision(self) -> int:
@@ -408,9 +425,45 @@ def _same(a: Obj, b: Obj) -> bool:
     return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
 
 
-class _NoChange(Exception):
-    """Raised inside a write transaction to roll back a write that changes nothing."""
+class _Untouched(Exception):
+    """Raised inside a write transaction that wrote nothing, to roll it back."""
 
-    def __init__(self, obj: Obj) -> None:
-        super().__init__("no change")
-        self.obj = obj
+
+class _WriteTx:
+    """One open write transaction and the revisions its writes took."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.used: list[int] = []
+        # Taking the first revision now takes the write lock before anything is read.
+        self._spare: int | None = self._bump()
+
+    def _bump(self) -> int:
+        return int(self.conn.execute(_BUMP).scalar_one())
+
+    def next_rev(self) -> int:
+        """The revision of the next write in this transaction."""
+        rev, self._spare = (self._spare, None) if self._spare is not None else (self._bump(), None)
+        self.used.append(rev)
+        return rev
+
+
+class _SqlBatch(StoreBatch):
+    """The writes of :meth:`SqlStore.batch`, all in its one transaction (reads see them)."""
+
+    def __init__(self, store: SqlStore, tx: _WriteTx) -> None:
+        self._store, self._tx = store, tx
+
+    def create(self, tenant: str, obj: Obj) -> Obj:
+        return self._store._create_in(self._tx, tenant, obj)
+
+    def get_or_none(self, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
+        return self._store._load(self._tx.conn, tenant, kind, namespace, name)
+
+    def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all") -> Obj:
+        return self._store._update_in(self._tx, tenant, obj, part)
+
+    def delete(
+        self, tenant: str, kind: str, namespace: str, name: str, *, resource_version: str | None = None
+    ) -> Obj:
+        return self._store._delete_in(self._tx, tenant, kind, namespace, name, resource_version)
