@@ -24,9 +24,11 @@ $(TESTSTAMP): $(STAMP) requirements-test.lock scripts/system-deps.sh
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-test.lock
 	@touch $(TESTSTAMP)
 
-## Start the control plane on the embedded SQLite store (data in ~/.local/share/fleetplane).
+## Start the control plane on the embedded SQLite store (data in ~/.local/share/fleetplane)
+## plus a simulated fleet of $(SITES) sites onboarded through the zero-touch path.
+SITES ?= 300
 run: $(STAMP)
-	@$(BIN)/fleetplane server
+	@$(BIN)/fleetplane demo --sites $(SITES)
 
 ## Everything CI runs: lint, types, the layer contract, then the whole test suite.
 test: $(TESTSTAMP) lint typecheck layers unit

@@ -16,7 +16,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.selectors import parse_selector
 from fleetplane.core.store import Event, EventType, Store, open_store
 from fleetplane.core.store.postgres import PostgresStore
-from fleetplane.core.watch import ANY_TENANT, WatchFilter, WatchHub
+from fleetplane.core.watch import ANY_TENANT, Subscription, WatchFilter, WatchHub
 
 WAIT = 5.0
 
@@ -315,3 +315,90 @@ def test_writes_still_work_after_the_hub_and_its_loop_are_gone(store: Store) -> 
     asyncio.run(abandoned())
     store.delete("acme", "Site", "", "after")
     assert store.get_or_none("acme", "Site", "", "after") is None
+
+
+# -- name-indexed subscriptions: one object's watchers, however many there are ---------------------
+
+
+def test_named_watch_sees_only_its_object_and_lists_it_first(store: Store) -> None:
+    store.create("acme", site("mine", v="0"))
+    store.create("acme", site("other"))
+
+    async def scenario(hub: WatchHub) -> None:
+        named = hub.watch(WatchFilter("acme", ("Site",), name="mine"), since=None)
+        [first] = await take(named, 1)
+        assert (first.type, first.name, first.object["spec"]) == (EventType.ADDED, "mine", {"v": "0"})
+        await write(store.update, "acme", site("other", v="1"))
+        await write(store.create, "t2", site("mine"))  # same name, another tenant
+        await write(store.update, "acme", site("mine", v="2"))
+        await write(store.delete, "acme", "Site", "", "mine")
+        assert summary(await take(named, 2)) == [
+            (EventType.MODIFIED, "acme", "mine"),
+            (EventType.DELETED, "acme", "mine"),
+        ]
+        await nothing_more(named)
+        # Resuming a named watch from a revision replays only that object's events.
+        replay = hub.watch(WatchFilter("acme", ("Site",), name="other"), since=0)
+        assert summary(await take(replay, 2)) == [
+            (EventType.ADDED, "acme", "other"),
+            (EventType.MODIFIED, "acme", "other"),
+        ]
+        await nothing_more(replay, 0.1)
+        # Listing a named object that does not exist yields nothing until it appears.
+        absent = hub.watch(WatchFilter("acme", ("Site",), name="later"), since=None)
+        pending = asyncio.ensure_future(take(absent, 1))
+        await asyncio.sleep(0.1)
+        assert not pending.done()
+        await write(store.create, "acme", site("later"))
+        assert summary(await pending) == [(EventType.ADDED, "acme", "later")]
+
+    run(scenario, store)
+
+
+def test_one_write_is_offered_to_exactly_one_of_many_named_waiters(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offered: list[str | None] = []
+    original = Subscription.offer
+
+    def counting(self: Subscription, ev: Event) -> None:
+        offered.append(self.filter.name)
+        original(self, ev)
+
+    monkeypatch.setattr(Subscription, "offer", counting)
+
+    async def scenario(hub: WatchHub) -> None:
+        waiters = [
+            hub.subscribe(WatchFilter("acme", ("Site",), name=f"site-{i}"), after=hub.revision)
+            for i in range(2000)
+        ]
+        every = hub.subscribe(WatchFilter(ANY_TENANT, ("Site",), name="site-7"), after=hub.revision)
+        assert hub.watcher_count == 2001
+        await write(store.create, "acme", site("site-7"))
+        await write(store.create, "acme", site("nobody-waits"))
+        await caught_up(hub, store)
+        # The tenant's waiter and the any-tenant one; not the 1999 others, not for the second write.
+        assert sorted(offered, key=str) == ["site-7", "site-7"]
+        assert [w.queue.qsize() for w in waiters].count(1) == 1 and waiters[7].queue.qsize() == 1
+        assert every.queue.get_nowait() is not None
+        for sub in [*waiters, every]:
+            hub.unsubscribe(sub)
+        assert hub.watcher_count == 0
+        assert not hub._named and not any(hub._subs.values())  # no empty keys left behind
+
+    run(scenario, store)
+
+
+def test_named_and_unnamed_watchers_both_see_a_write(store: Store) -> None:
+    async def scenario(hub: WatchHub) -> None:
+        kind_wide = hub.watch(WatchFilter("acme", ("Site",)), since=None)
+        named = hub.watch(WatchFilter("acme", ("Site",), name="x"), since=None)
+        pending = asyncio.ensure_future(take(named, 1))
+        await asyncio.sleep(0.05)
+        await write(store.create, "acme", site("x"))
+        await write(store.create, "acme", site("y"))
+        assert [e.name for e in await take(kind_wide, 2)] == ["x", "y"]
+        assert [e.name for e in await pending] == ["x"]
+        await nothing_more(named, 0.1)
+
+    run(scenario, store)

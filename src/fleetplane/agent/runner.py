@@ -1,5 +1,6 @@
-"""The agent process: onboard if needed, then heartbeat over mutual TLS and renew the
-certificate when less than a third of its lifetime is left.
+"""The agent process: onboard if needed, then run the async agent core (``agent/core.py``)
+for this one site with its driver: long-poll the manifest, apply it, heartbeat over mutual
+TLS, renew the certificate when a third of its lifetime is left.
 
 Exit codes: 0 stopped (or ``--once`` done), 1 unusable configuration or files,
 2 registration rejected or expired, 3 the site's identity is refused (revoked,
@@ -8,110 +9,89 @@ decommissioned, deleted, or the certificate expired).
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
+import contextlib
 import logging
 import signal
 import threading
-from typing import Any
 
-from cryptography import x509
-
-import fleetplane
+from fleetplane.agent.core import AgentCore, SiteRefused
+from fleetplane.agent.drivers.base import Driver
 from fleetplane.agent.identity import KeyStoreError
 from fleetplane.agent.onboard import (
     EXIT_REVOKED,
     AgentConfig,
     AgentError,
-    Backoff,
     SavedIdentity,
     collect_facts,
-    needs_renewal,
     onboard,
-    os_version,
-    renew,
 )
 from fleetplane.core.errors import ApiError
 
 log = logging.getLogger("fleetplane.agent")
+DRIVERS = ("sim",)
 
 
-def rfc3339(now: dt.datetime | None = None) -> str:
-    return (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+def make_driver(kind: str, site: str, seed: int | None = None) -> Driver:
+    """The driver a single-site agent runs. ``sim`` models this one site (one node) in memory,
+    deterministic from the site name (or ``seed``)."""
+    if kind == "sim":
+        import dataclasses
 
+        from fleetplane.agent.drivers.sim import SimDriver, SimSite
+        from fleetplane.agent.drivers.simmodel.profile import resolve_profile
 
-def heartbeat_status(facts: dict[str, Any] | None = None) -> dict[str, Any]:
-    status: dict[str, Any] = {
-        "phase": "Online",
-        "lastSeen": rfc3339(),
-        "softwareVersion": fleetplane.__version__,
-        "osVersion": os_version(),
-        "nodeCount": 1,
-    }
-    if facts:
-        status["facts"] = facts
-    return status
+        profile = dataclasses.replace(resolve_profile("default"), nodes=1)
+        return SimDriver(SimSite(site if seed is None else seed, site, profile=profile))
+    raise AgentError(f"unknown driver {kind!r}; available: {', '.join(DRIVERS)}")
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, stop: threading.Event | None = None) -> None:
+    def __init__(self, config: AgentConfig, stop: threading.Event | None = None, driver: str = "sim") -> None:
         self.config = config
         self.stop = stop or threading.Event()
+        self.driver = driver
         self.facts = collect_facts(config.latitude, config.longitude)
-
-    def _refused(self, ident: SavedIdentity, exc: ApiError) -> AgentError:
-        return AgentError(
-            f"the server refuses site {ident.site}'s identity ({exc.reason}: {exc.message}); "
-            "the site was revoked or decommissioned: stopping",
-            EXIT_REVOKED,
-        )
-
-    def heartbeat(self, ident: SavedIdentity) -> dict[str, Any]:
-        with ident.client() as api:
-            return api.put_status(heartbeat_status(self.facts))
-
-    def check_expiry(self, ident: SavedIdentity, cert: x509.Certificate) -> None:
-        if dt.datetime.now(dt.UTC) > cert.not_valid_after_utc:
-            raise AgentError(
-                f"site {ident.site}'s certificate expired at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}; "
-                f"remove {ident.data_dir} and onboard again",
-                EXIT_REVOKED,
-            )
 
     def run(self) -> int:
         ident = onboard(self.config, self.stop)
-        backoff = Backoff()
-        cert = ident.certificate()
-        beats = 0
-        warned = False
-        while not self.stop.is_set():
-            self.check_expiry(ident, cert)
-            try:
-                if needs_renewal(cert):
-                    cert = renew(ident)
-                site = self.heartbeat(ident)
-            except ApiError as exc:
-                if exc.code == 401:
-                    raise self._refused(ident, exc) from None
-                if exc.code != 0 and exc.code < 500:
-                    raise AgentError(f"heartbeat refused ({exc.reason}): {exc.message}") from None
-                if not warned:
-                    log.warning("heartbeat failed: %s; retrying with backoff", exc.message)
-                    warned = True
-                self.stop.wait(backoff.next_delay())
-                continue
-            if warned or beats == 0:
-                phase = (site.get("status") or {}).get("phase", "?")
-                log.info("heartbeat ok: site %s is %s", ident.site, phase)
-            warned = False
-            backoff.reset()
-            beats += 1
-            if self.config.once:
-                return 0
-            self.stop.wait(self.config.heartbeat)
+        if self.stop.is_set():
+            return 0
+        return asyncio.run(self.run_core(ident))
+
+    async def run_core(self, ident: SavedIdentity) -> int:
+        core = AgentCore(
+            ident,
+            make_driver(self.driver, ident.site),
+            heartbeat=self.config.heartbeat,
+            facts=self.facts,
+            once=self.config.once,
+        )
+        task = asyncio.create_task(core.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, task.cancel)
+        # A caller's threading.Event (tests, embedding) stops the core too.
+        watcher = asyncio.create_task(asyncio.to_thread(self.stop.wait))
+        watcher.add_done_callback(lambda _: task.cancel())
+        try:
+            await task
+        except asyncio.CancelledError:
+            return 0
+        except SiteRefused as exc:
+            raise AgentError(f"{exc.message}: stopping", EXIT_REVOKED) from None
+        finally:
+            self.stop.set()  # ends the watcher thread
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        log.info(
+            "site %s: reported generation %d (%s)", ident.site, core.generation, core.state or "no manifest"
+        )
         return 0
 
 
-def run_agent(config: AgentConfig) -> int:
+def run_agent(config: AgentConfig, driver: str = "sim") -> int:
     """Run until stopped (SIGTERM/SIGINT) or ``config.once``; returns the exit code. Expected
     failures are logged as one line, never a traceback."""
     stop = threading.Event()
@@ -119,11 +99,11 @@ def run_agent(config: AgentConfig) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         stop.set()
 
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread():  # onboarding; the core has its own
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     try:
-        return Agent(config, stop).run()
+        return Agent(config, stop, driver=driver).run()
     except AgentError as exc:
         if exc.exit_code == 0:
             return 0

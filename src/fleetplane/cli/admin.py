@@ -58,11 +58,16 @@ def register(app: typer.Typer) -> None:
         site_cert_lifetime: Annotated[
             float, typer.Option(help="Lifetime of issued site certificates, in seconds.")
         ] = 30 * 86400.0,
+        offline_after: Annotated[
+            float, typer.Option(help="Seconds without a report after which a site is marked Offline.")
+        ] = 30.0,
     ) -> None:
         """Run the control plane server."""
         from fleetplane.server.context import ServerSettings
         from fleetplane.server.run import run_server
 
+        if not offline_after > 0:
+            raise fail(f"--offline-after must be positive, got {offline_after}")
         if not 0 < port < 65536:
             raise fail(f"--port must be between 1 and 65535, got {port}")
         settings = ServerSettings(
@@ -79,6 +84,7 @@ def register(app: typer.Typer) -> None:
             kek=kek,
             registration_ttl=registration_ttl,
             site_cert_lifetime=site_cert_lifetime,
+            offline_after=offline_after,
         )
         try:
             run_server(settings)

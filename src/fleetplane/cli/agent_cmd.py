@@ -1,4 +1,4 @@
-"""``fleetplane agent``: run the site agent (onboard, then heartbeat over mutual TLS)."""
+"""``fleetplane agent``: run the site agent (onboard, then the agent core over mutual TLS)."""
 
 from __future__ import annotations
 
@@ -49,12 +49,18 @@ def register(app: typer.Typer) -> None:
         latitude: Annotated[float | None, typer.Option(help="Site latitude.")] = None,
         longitude: Annotated[float | None, typer.Option(help="Site longitude.")] = None,
         heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 10.0,
-        once: Annotated[bool, typer.Option("--once", help="Onboard, send one heartbeat, exit.")] = False,
+        once: Annotated[
+            bool, typer.Option("--once", help="Onboard, take the manifest, report once, exit.")
+        ] = False,
+        driver: Annotated[
+            str, typer.Option(help="What applies the manifest: sim (an in-memory model of this site).")
+        ] = "sim",
     ) -> None:
-        """Run the site agent: onboard with a token or device identity, then heartbeat."""
+        """Run the site agent: onboard with a token or device identity, then long-poll the
+        site's manifest, apply it through the driver and report status over mutual TLS."""
         from fleetplane.agent.identity import DeviceKey, FileDeviceKey, KeyStoreError, TpmDeviceKey
         from fleetplane.agent.onboard import AgentConfig
-        from fleetplane.agent.runner import run_agent
+        from fleetplane.agent.runner import DRIVERS, run_agent
 
         _setup_logging()
         if (ca_file is None) == (ca_hash is None):
@@ -75,6 +81,8 @@ def register(app: typer.Typer) -> None:
             raise fail("give both --latitude and --longitude, or neither")
         if heartbeat <= 0:
             raise fail("--heartbeat must be positive")
+        if driver not in DRIVERS:
+            raise fail(f"unknown --driver {driver!r}; available: {', '.join(DRIVERS)}")
         device: DeviceKey | None = None
         try:
             if device_tpm:
@@ -102,6 +110,6 @@ def register(app: typer.Typer) -> None:
             heartbeat=heartbeat,
             once=once,
         )
-        code = run_agent(config)
+        code = run_agent(config, driver=driver)
         if code:
             raise typer.Exit(code)

@@ -328,3 +328,6 @@ _agent_cmd.register(app)
 from fleetplane.cli import onboarding_cmd as _onboarding_cmd  # noqa: E402
 
 _onboarding_cmd.register(app)
+from fleetplane.cli import simulate_cmd as _simulate_cmd  # noqa: E402
+
+_simulate_cmd.register(app)

@@ -3,6 +3,10 @@
 Local commits and (on PostgreSQL) other replicas' NOTIFYs wake the hub; a slow poll
 covers anything missed. A watcher first replays the log from its revision, then
 follows the live stream, so a watch resumes exactly where the client left off.
+
+Subscriptions are indexed by (tenant, kind), and by (tenant, kind, name) when the filter
+names one object: an event is offered only to the watchers that can want it, so one
+site's manifest write wakes that site's waiter alone, however many sites wait.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fleetplane.core.errors import ApiError, expired
 from fleetplane.core.objects import labels_of
@@ -33,6 +38,8 @@ class WatchFilter:
     namespace: str | None = None
     selector: Selector | None = None
     field_filter: FieldFilter | None = None
+    # One object only (with ``namespace`` for a namespaced kind): indexed by name in the hub.
+    name: str | None = None
 
     def translate(self, ev: Event) -> Event | None:
         """What this watcher sees of an event, Kubernetes-style: an object that starts
@@ -40,6 +47,8 @@ class WatchFilter:
         if self.tenant not in (ANY_TENANT, ev.tenant) or ev.kind not in self.kinds:
             return None
         if self.namespace is not None and ev.namespace != self.namespace:
+            return None
+        if self.name is not None and ev.name != self.name:
             return None
         if self.field_filter is not None and not self.field_filter(ev.object):
             return None
@@ -85,6 +94,17 @@ class Subscription:
             self.queue.put_nowait(None)
 
 
+K = TypeVar("K")
+
+
+def _discard(index: dict[K, set[Subscription]], key: K, sub: Subscription) -> None:
+    subs = index.get(key)
+    if subs is not None:
+        subs.discard(sub)
+        if not subs:
+            del index[key]  # thousands of short-lived named waits must not leave keys behind
+
+
 class WatchHub:
     def __init__(self, store: Store, *, poll_interval: float = 1.0, batch: int = 2000) -> None:
         self.store = store
@@ -92,13 +112,17 @@ class WatchHub:
         self.batch = batch
         self.revision = 0  # everything up to here has been dispatched
         self._subs: dict[tuple[str, str], set[Subscription]] = defaultdict(set)
+        self._named: dict[tuple[str, str, str], set[Subscription]] = defaultdict(set)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def watcher_count(self) -> int:
-        return sum(len(s) for s in self._subs.values())
+        return len({sub for subs in (*self._subs.values(), *self._named.values()) for sub in subs})
+
+    def _all_subscriptions(self) -> set[Subscription]:
+        return {sub for subs in (*self._subs.values(), *self._named.values()) for sub in subs}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -112,9 +136,8 @@ class WatchHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for subs in self._subs.values():
-            for sub in subs:
-                sub.queue.put_nowait(None)
+        for sub in self._all_subscriptions():
+            sub.queue.put_nowait(None)
 
     def _on_commit(self, revision: int) -> None:
         loop = self._loop
@@ -143,30 +166,44 @@ class WatchHub:
                     raise
                 # Compaction outran us: every watcher must re-list; skip ahead.
                 log.warning("watch hub fell behind compaction; closing all watches")
-                for subs in self._subs.values():
-                    for sub in subs:
-                        sub.overflowed = True
-                        sub.queue.put_nowait(None)
+                for sub in self._all_subscriptions():
+                    sub.overflowed = True
+                    sub.queue.put_nowait(None)
                 self.revision = await asyncio.to_thread(self.store.revision)
                 return
+            subs, named = self._subs, self._named
             for ev in events:
-                for sub in self._subs.get((ev.tenant, ev.kind), ()):
+                for sub in subs.get((ev.tenant, ev.kind), ()):
                     sub.offer(ev)
-                for sub in self._subs.get((ANY_TENANT, ev.kind), ()):
+                for sub in subs.get((ANY_TENANT, ev.kind), ()):
                     sub.offer(ev)
+                if named:
+                    for sub in named.get((ev.tenant, ev.kind, ev.name), ()):
+                        sub.offer(ev)
+                    for sub in named.get((ANY_TENANT, ev.kind, ev.name), ()):
+                        sub.offer(ev)
                 self.revision = ev.revision
             if len(events) < self.batch:
                 return
 
     def subscribe(self, flt: WatchFilter, after: int) -> Subscription:
+        """Receive, in ``sub.queue``, the events after revision ``after`` that ``flt`` lets
+        through (``None`` marks the end: the hub stopped, or the subscription overflowed)."""
         sub = Subscription(flt, after)
         for kind in flt.kinds:
-            self._subs[(flt.tenant, kind)].add(sub)
+            if flt.name is None:
+                self._subs[(flt.tenant, kind)].add(sub)
+            else:
+                self._named[(flt.tenant, kind, flt.name)].add(sub)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
-        for kind in sub.filter.kinds:
-            self._subs[(sub.filter.tenant, kind)].discard(sub)
+        flt = sub.filter
+        for kind in flt.kinds:
+            if flt.name is None:
+                _discard(self._subs, (flt.tenant, kind), sub)
+            else:
+                _discard(self._named, (flt.tenant, kind, flt.name), sub)
 
     async def watch(self, flt: WatchFilter, since: int | None) -> AsyncIterator[Event]:
         """Events after revision ``since``; with ``since=None`` first the current objects as
@@ -178,7 +215,29 @@ class WatchHub:
         live_from = self.revision
         sub = self.subscribe(flt, after=live_from)
         try:
-            if since is None:
+            if since is None and flt.name is not None:
+                # One named object: read it, not the whole kind.
+                since = await asyncio.to_thread(self.store.revision)
+                one = await asyncio.to_thread(
+                    self.store.get_or_none, flt.tenant, flt.kinds[0], flt.namespace or "", flt.name
+                )
+                if one is not None and flt.translate(
+                    Event(
+                        since, EventType.ADDED, flt.tenant, flt.kinds[0], flt.namespace or "", flt.name, one
+                    )
+                ):
+                    m = one["metadata"]
+                    yield Event(
+                        int(m["resourceVersion"]),
+                        EventType.ADDED,
+                        flt.tenant,
+                        flt.kinds[0],
+                        m.get("namespace", ""),
+                        m["name"],
+                        one,
+                    )
+                    since = max(since, int(m["resourceVersion"]))
+            elif since is None:
                 listed = await asyncio.to_thread(
                     self.store.list,
                     flt.tenant,

@@ -2,6 +2,8 @@
 
 from fleetplane.core.registry import KindRegistry
 from fleetplane.kinds.access import ACCESS_KEY, TENANT
+from fleetplane.kinds.intents import INTENT_KINDS, RESOURCE_RESERVATION
+from fleetplane.kinds.manifest import SITE_MANIFEST
 from fleetplane.kinds.onboarding import (
     CERTIFICATE_AUTHORITY,
     REGISTRATION,
@@ -25,6 +27,8 @@ def build_registry() -> KindRegistry:
         REGISTRATION,
         CERTIFICATE_AUTHORITY,
         SECRET,
+        SITE_MANIFEST,
+        *INTENT_KINDS,
     ):
         registry.register(info)
     return registry
@@ -35,11 +39,14 @@ REGISTRY = build_registry()
 __all__ = [
     "ACCESS_KEY",
     "CERTIFICATE_AUTHORITY",
+    "INTENT_KINDS",
     "REGISTRATION",
     "REGISTRATION_TOKEN",
     "REGISTRY",
+    "RESOURCE_RESERVATION",
     "SECRET",
     "SITE",
+    "SITE_MANIFEST",
     "TENANT",
     "TRUSTED_MANUFACTURER",
     "VIRTUAL_SITE",

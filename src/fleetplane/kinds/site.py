@@ -48,6 +48,49 @@ class SiteIdentity(Schema):
     registration: str | None = None
 
 
+ManifestState = Literal["Applied", "Applying", "Failed"]
+ItemState = Literal["Applied", "Failed", "InProgress"]
+NodeRole = Literal["controller", "worker", "storage"]
+
+
+class ManifestItem(Schema):
+    section: str = Field(max_length=253)
+    name: str = Field(max_length=253)
+    state: ItemState
+    reason: str | None = Field(default=None, max_length=4096)
+
+
+class ManifestReport(Schema):
+    """The manifest the site has applied (or is applying), as it reports it."""
+
+    generation: int = Field(ge=0)
+    hash: str | None = Field(default=None, max_length=80)
+    state: ManifestState
+    items: list[ManifestItem] = Field(default_factory=list, max_length=10_000)
+
+
+class Node(Schema):
+    name: str = Field(max_length=253)
+    role: NodeRole = "worker"
+    cpuMillis: int = Field(default=0, ge=0)
+    memoryBytes: int = Field(default=0, ge=0)
+    diskBytes: int = Field(default=0, ge=0)
+    ready: bool = True
+
+
+class Usage(Schema):
+    cpuMillis: int = Field(default=0, ge=0)
+    memoryBytes: int = Field(default=0, ge=0)
+    diskBytes: int = Field(default=0, ge=0)
+    cpuPercent: float = Field(default=0, ge=0, le=100)
+    memoryPercent: float = Field(default=0, ge=0, le=100)
+
+
+class Allocatable(Schema):
+    cpuMillis: int = Field(default=0, ge=0)
+    memoryBytes: int = Field(default=0, ge=0)
+
+
 class SiteStatus(Schema):
     phase: SitePhase = "Pending"
     identity: SiteIdentity | None = None
@@ -58,6 +101,12 @@ class SiteStatus(Schema):
     softwareVersion: str | None = None
     osVersion: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
+    # Reported by the agent (docs/site-manifest.md); absent until it reports them.
+    manifest: ManifestReport | None = None
+    nodes: list[Node] | None = Field(default=None, max_length=1000)
+    usage: Usage | None = None
+    allocatable: Allocatable | None = None
+    policyHits: dict[str, int] | None = None
 
 
 SITE = KindInfo(

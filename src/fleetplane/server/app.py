@@ -14,12 +14,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fleetplane
+from fleetplane.controllers.liveness import LivenessController
+from fleetplane.controllers.manifests import ManifestController
 from fleetplane.controllers.membership import MembershipController
 from fleetplane.core.errors import ApiError, Cause
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import REGISTRY
-from fleetplane.server import native, onboarding, site_api
+from fleetplane.server import native, onboarding, site_api, site_manifest_api
 from fleetplane.server.bootstrap import ensure_admin
 from fleetplane.server.context import ServerContext, ServerSettings
 from fleetplane.server.identity import IdentityService
@@ -99,7 +101,15 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         if settings.run_controllers:
             membership = MembershipController(the_store, hub)
             ctx.extras["membership"] = membership
-            tasks.append(asyncio.create_task(_leader_loop(ctx, membership.run), name="controllers"))
+            manifests = ctx.extras["manifests"] = ManifestController(the_store, hub)
+            liveness = ctx.extras["liveness"] = LivenessController(
+                the_store, hub, offline_after=settings.offline_after
+            )
+
+            async def run_controllers() -> None:
+                await asyncio.gather(membership.run(), manifests.run(), liveness.run())
+
+            tasks.append(asyncio.create_task(_leader_loop(ctx, run_controllers), name="controllers"))
         try:
             yield
         finally:
@@ -163,6 +173,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
 
     app.include_router(onboarding.router)
     app.include_router(site_api.router)
+    app.include_router(site_manifest_api.router)
     app.include_router(native.router)
     kind_schemas(app, REGISTRY)
     return app

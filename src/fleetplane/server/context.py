@@ -29,6 +29,8 @@ class ServerSettings:
     # Pending registrations older than this expire; site certificates live this long.
     registration_ttl: float = 86400.0
     site_cert_lifetime: float = 30 * 86400.0
+    # A site whose lastSeen is older than this is marked Offline (liveness controller).
+    offline_after: float = 30.0
 
     def resolved_kek(self) -> str:
         return self.kek or f"file:{self.data_dir / 'kek.key'}"

@@ -1,0 +1,278 @@
+"""The ``sim`` driver: an in-memory model of a site, deterministic from a seed, for
+demos, tests and benchmarks with thousands of sites on one machine.
+
+``SimSite(seed, name, labels, clock, profile)`` draws the site (1-100 nodes, most
+sites small; capacity by role) and holds its models (``simmodel``): reservations,
+workloads and their scheduler, OS A/B slots, network policy and traffic, usage and
+faults. Everything moves on one event time line read from ``clock``, so the same
+seed, the same calls and the same clock steps give the same observations.
+``SimDriver(site)`` is the ``Driver`` the agent core runs.
+
+Manifest sections applied today: ``reservations``. The other models are driven
+directly (``site.workloads``, ``site.os``, ``site.set_policy``) until their sections
+exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from fleetplane.agent.drivers.base import Allocatable, Clock, ItemStatus, Observation, RealClock
+from fleetplane.agent.drivers.simmodel.engine import EventQueue, derived_random
+from fleetplane.agent.drivers.simmodel.faults import FAULTS, ActiveFault, Faults
+from fleetplane.agent.drivers.simmodel.nodes import Node, Reservation, generate_nodes, reserve
+from fleetplane.agent.drivers.simmodel.os_slots import OsSlots
+from fleetplane.agent.drivers.simmodel.profile import PROFILES, SiteProfile, resolve_profile
+from fleetplane.agent.drivers.simmodel.traffic import NetworkPolicy, TrafficModel
+from fleetplane.agent.drivers.simmodel.usage import site_usage
+from fleetplane.agent.drivers.simmodel.workloads import (
+    Workload,
+    WorkloadModel,
+    default_image_size,
+    image_is_bad,
+)
+from fleetplane.core.selectors import Selector, parse_selector
+
+__all__ = ["FAULTS", "PROFILES", "SUPPORTED_SECTIONS", "SimDriver", "SimSite", "SiteProfile"]
+__all__ += ["clear_where", "inject_where", "select_sites"]
+
+SUPPORTED_SECTIONS = ("reservations",)
+
+
+class SimSite:
+    def __init__(
+        self,
+        seed: int | str,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        profile: SiteProfile | str = "default",
+    ) -> None:
+        self.seed, self.name = seed, name
+        self.labels = dict(labels or {})
+        self.clock: Clock = clock or RealClock()
+        self.profile = resolve_profile(profile)
+        self.start = self.clock.now()
+        self.nodes: list[Node] = generate_nodes(derived_random(seed, name, "nodes"), self.profile)
+        self.queue = EventQueue(self.start)
+        self.faults = Faults()
+        self.reservation = Reservation()
+        p = self.profile
+        self.workloads = WorkloadModel(
+            self.nodes,
+            self.queue,
+            image_size=lambda image: p.image_sizes.get(image) or default_image_size(image),
+            is_bad=lambda image: image_is_bad(image, p.bad_images),
+            pull_rate=lambda: p.pull_bytes_per_s / self._slow(),
+        )
+        self.os = OsSlots(
+            p.os_version,
+            self.queue,
+            install_s=p.install_s,
+            reboot_s=p.reboot_s,
+            health_check_s=p.health_check_s,
+            bad_versions=p.bad_os_versions,
+            failure=lambda stage, version: self.faults.install_failure(stage, self.queue.now),
+            set_ready=self._set_ready,
+            scale=self._slow,
+        )
+        self.traffic = TrafficModel((seed, name), self.start, rate=p.traffic_per_s)
+
+    def __repr__(self) -> str:
+        return f"SimSite({self.name!r}, nodes={len(self.nodes)}, labels={self.labels})"
+
+    # --- time -------------------------------------------------------------------
+
+    def advance(self) -> float:
+        """Bring every model up to the clock's time; returns that (true) time."""
+        now = self.clock.now()
+        self.queue.run_until(now)
+        self.traffic.advance(now)
+        return now
+
+    def now(self) -> float:
+        """The site's own clock: true time plus any injected skew."""
+        now = self.advance()
+        return now + self.faults.skew(now)
+
+    def _slow(self) -> float:
+        return self.faults.slow_factor(self.queue.now)
+
+    def _set_ready(self, ready: bool, now: float) -> None:
+        for node in self.nodes:
+            node.ready = ready
+        if ready:
+            self.workloads.schedule(now)
+
+    # --- faults -------------------------------------------------------------------
+
+    def inject(self, fault: str, *, duration: float | None = None, **params: Any) -> ActiveFault:
+        return self.faults.inject(fault, self.advance(), duration=duration, **params)
+
+    def clear(self, fault: str | None = None) -> None:
+        self.advance()
+        self.faults.clear(fault)
+
+    def active_faults(self) -> list[str]:
+        return self.faults.names(self.advance())
+
+    def connected(self) -> bool:
+        """Whether the agent can reach the control plane: not while connectivity is
+        lost, nor while the site reboots for an OS install."""
+        now = self.advance()
+        return self.faults.connected(now) and not self.os.rebooting
+
+    def latency(self, base_s: float) -> float:
+        return base_s * self.faults.slow_factor(self.advance())
+
+    # --- models --------------------------------------------------------------------
+
+    def reserve(self, cpu_millis: int, memory_bytes: int) -> str | None:
+        """Reserve capacity (spread over nodes by capacity); on a shortfall, keep the
+        reservation in force and return why."""
+        now = self.advance()
+        want = Reservation(cpu_millis, memory_bytes)
+        if why := reserve(self.nodes, want):
+            return why
+        self.reservation = want
+        self.workloads.schedule(now)
+        return None
+
+    def set_workloads(self, workloads: Sequence[Workload]) -> None:
+        self.workloads.set_workloads(workloads, self.advance())
+
+    def install_os(self, version: str) -> bool:
+        return self.os.install(version, self.advance())
+
+    def commit_os(self) -> bool:
+        return self.os.commit(self.advance())
+
+    def set_policy(self, policy: NetworkPolicy | None) -> None:
+        self.traffic.set_policy(policy, self.advance())
+
+    def allocatable(self) -> Allocatable:
+        return Allocatable(
+            sum(n.allocatable_cpu for n in self.nodes), sum(n.allocatable_memory for n in self.nodes)
+        )
+
+    def observation(self) -> Observation:
+        now = self.advance()
+        return Observation(
+            nodes=tuple(n.info() for n in self.nodes),
+            usage=site_usage(
+                self.nodes, self.workloads, (self.seed, self.name), now - self.start, self.profile.noise
+            ),
+            allocatable=self.allocatable(),
+            os_version=self.os.version,
+            policy_hits=dict(self.traffic.hits),
+            now=now + self.faults.skew(now),
+        )
+
+
+def _reservation(section: Any) -> tuple[int, int] | str:
+    if not isinstance(section, Mapping):
+        return "the reservations section must be an object"
+    values = []
+    for key in ("cpuMillis", "memoryBytes"):
+        value = section.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"reservations.{key} must be a non-negative integer, not {value!r}"
+        values.append(value)
+    return values[0], values[1]
+
+
+class SimDriver:
+    """The ``Driver`` over one ``SimSite``. Calls take the profile's latency (times the
+    slow fault) on the site's clock."""
+
+    name = "sim"
+
+    def __init__(self, site: SimSite) -> None:
+        self.site = site
+
+    @classmethod
+    def for_site(
+        cls,
+        name: str,
+        *,
+        seed: int | str | None = None,
+        labels: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+        profile: SiteProfile | str = "default",
+        nodes: int | None = None,
+    ) -> SimDriver:
+        """A driver over a new ``SimSite``: seeded by ``seed`` (default: the site name),
+        with ``nodes`` fixing the node count of the profile."""
+        prof = resolve_profile(profile)
+        if nodes is not None:
+            prof = dataclasses.replace(prof, nodes=nodes)
+        return cls(SimSite(name if seed is None else seed, name, labels, clock, prof))
+
+    def connected(self) -> bool:
+        return self.site.connected()
+
+    def inject(self, fault: str, *, duration: float | None = None, **params: Any) -> ActiveFault:
+        return self.site.inject(fault, duration=duration, **params)
+
+    def clear(self, fault: str | None = None) -> None:
+        self.site.clear(fault)
+
+    async def apply(self, manifest: dict[str, Any]) -> list[ItemStatus]:
+        await self.site.clock.sleep(self.site.latency(self.site.profile.apply_latency_s))
+        spec = manifest.get("spec") or {}
+        sections: Mapping[str, Any] = spec.get("sections") or {}
+        items: list[ItemStatus] = []
+        if "reservations" in sections:
+            items.append(self._apply_reservations(sections["reservations"]))
+        else:
+            self.site.reserve(0, 0)
+        for section in sorted(set(sections) - set(SUPPORTED_SECTIONS)):
+            items.append(
+                ItemStatus(section, section, "Failed", f"the sim driver does not support section {section!r}")
+            )
+        return items
+
+    def _apply_reservations(self, section: Any) -> ItemStatus:
+        parsed = _reservation(section)
+        if isinstance(parsed, str):
+            return ItemStatus("reservations", "reservations", "Failed", parsed)
+        if why := self.site.reserve(*parsed):
+            return ItemStatus("reservations", "reservations", "Failed", why)
+        return ItemStatus("reservations", "reservations", "Applied")
+
+    async def observe(self) -> Observation:
+        await self.site.clock.sleep(self.site.latency(self.site.profile.observe_latency_s))
+        return self.site.observation()
+
+
+# --- fleet-wide fault injection -------------------------------------------------
+
+
+def select_sites(sites: Iterable[SimSite], selector: str | Selector) -> list[SimSite]:
+    """The sites whose labels match a label selector (``""`` selects all)."""
+    sel = parse_selector(selector) if isinstance(selector, str) else selector
+    return [s for s in sites if sel.matches(s.labels)]
+
+
+def inject_where(
+    sites: Iterable[SimSite],
+    selector: str | Selector,
+    fault: str,
+    *,
+    duration: float | None = None,
+    **params: Any,
+) -> list[str]:
+    """Inject ``fault`` into every matching site; the names of those sites."""
+    chosen = select_sites(sites, selector)
+    for site in chosen:
+        site.inject(fault, duration=duration, **params)
+    return [s.name for s in chosen]
+
+
+def clear_where(sites: Iterable[SimSite], selector: str | Selector, fault: str | None = None) -> list[str]:
+    chosen = select_sites(sites, selector)
+    for site in chosen:
+        site.clear(fault)
+    return [s.name for s in chosen]

@@ -1,0 +1,98 @@
+"""Injectable faults: ``connectivity_loss`` (the agent cannot reach the control
+plane), ``slow`` (every latency and duration times ``factor``), ``install_failure``
+(OS installs, or with ``stage="health_check"`` their health checks, fail; ``count``
+limits how many) and ``clock_skew`` (the site's clock is off by ``seconds``). Each may
+be given a ``duration`` after which it clears itself."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["FAULTS", "ActiveFault", "FaultError", "Faults"]
+
+FAULTS = ("connectivity_loss", "slow", "install_failure", "clock_skew")
+
+_PARAMS: dict[str, dict[str, Any]] = {
+    "connectivity_loss": {},
+    "slow": {"factor": 10.0},
+    "install_failure": {"stage": "install", "count": None, "reason": "injected install failure"},
+    "clock_skew": {"seconds": None},
+}
+
+
+class FaultError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class ActiveFault:
+    name: str
+    params: dict[str, Any]
+    until: float | None = None
+
+
+class Faults:
+    def __init__(self) -> None:
+        self._active: dict[str, ActiveFault] = {}
+
+    def inject(self, fault: str, now: float, *, duration: float | None = None, **params: Any) -> ActiveFault:
+        if fault not in _PARAMS:
+            raise FaultError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        if unknown := sorted(set(params) - set(_PARAMS[fault])):
+            raise FaultError(f"fault {fault} takes no {', '.join(unknown)}")
+        merged = {**_PARAMS[fault], **params}
+        if fault == "slow" and not float(merged["factor"]) >= 1.0:
+            raise FaultError("slow: factor must be at least 1")
+        if fault == "clock_skew" and merged["seconds"] is None:
+            raise FaultError("clock_skew: seconds is required")
+        if fault == "install_failure" and merged["stage"] not in ("install", "health_check"):
+            raise FaultError("install_failure: stage is install or health_check")
+        if duration is not None and duration <= 0:
+            raise FaultError("duration must be positive")
+        active = ActiveFault(fault, merged, None if duration is None else now + duration)
+        self._active[fault] = active
+        return active
+
+    def clear(self, fault: str | None = None) -> None:
+        """Clear one fault, or every fault."""
+        if fault is None:
+            self._active.clear()
+        elif fault not in _PARAMS:
+            raise FaultError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        else:
+            self._active.pop(fault, None)
+
+    def get(self, fault: str, now: float) -> ActiveFault | None:
+        active = self._active.get(fault)
+        if active is not None and active.until is not None and now >= active.until:
+            del self._active[fault]
+            return None
+        return active
+
+    def names(self, now: float) -> list[str]:
+        return [f for f in FAULTS if self.get(f, now)]
+
+    def connected(self, now: float) -> bool:
+        return self.get("connectivity_loss", now) is None
+
+    def slow_factor(self, now: float) -> float:
+        active = self.get("slow", now)
+        return 1.0 if active is None else float(active.params["factor"])
+
+    def skew(self, now: float) -> float:
+        active = self.get("clock_skew", now)
+        return 0.0 if active is None else float(active.params["seconds"])
+
+    def install_failure(self, stage: str, now: float) -> str | None:
+        """Why this OS install stage fails, if it does; uses up one of ``count``."""
+        active = self.get("install_failure", now)
+        if active is None or active.params["stage"] != stage:
+            return None
+        count = active.params["count"]
+        if count is not None:
+            if count <= 1:
+                self.clear("install_failure")
+            else:
+                active.params["count"] = count - 1
+        return str(active.params["reason"])

@@ -1,0 +1,55 @@
+"""Usage: per node, a platform baseline by role, plus what running pods use (their
+CPU request times utilisation, their working set), plus bounded noise that changes
+every ``NOISE_PERIOD_S`` seconds; disk holds the OS, cached images and, on storage
+nodes, data. A rebooting (not ready) node uses nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fleetplane.agent.drivers.base import Usage
+from fleetplane.agent.drivers.simmodel.engine import unit_noise
+from fleetplane.agent.drivers.simmodel.nodes import Node
+from fleetplane.agent.drivers.simmodel.profile import GI
+from fleetplane.agent.drivers.simmodel.workloads import WorkloadModel
+
+__all__ = ["NOISE_PERIOD_S", "OS_DISK_BYTES", "PLATFORM_CPU", "PLATFORM_MEMORY", "site_usage"]
+
+NOISE_PERIOD_S = 10.0
+OS_DISK_BYTES = 12 * GI
+PLATFORM_CPU = {"controller": 0.10, "worker": 0.04, "storage": 0.06}  # of capacity
+PLATFORM_MEMORY = {"controller": 0.15, "worker": 0.06, "storage": 0.10}
+
+
+def _clamp(value: float, high: int) -> int:
+    return int(min(max(value, 0.0), float(high)))
+
+
+def site_usage(
+    nodes: Sequence[Node], pods: WorkloadModel, seed: object, elapsed: float, noise: float
+) -> Usage:
+    period = int(elapsed // NOISE_PERIOD_S)
+    cpu = mem = disk = 0
+    for node in nodes:
+        data = 0
+        if node.role == "storage":
+            data = int(node.disk_bytes * (0.35 + 0.25 * unit_noise(seed, node.name, "data")))
+        pod_cpu, pod_mem, images = pods.node_use(node.name)
+        disk += min(OS_DISK_BYTES + images + data, node.disk_bytes)
+        if not node.ready:
+            continue
+        jitter_cpu = unit_noise(seed, node.name, "cpu", period) * noise * node.cpu_millis
+        jitter_mem = unit_noise(seed, node.name, "mem", period) * noise / 2 * node.memory_bytes
+        cpu += _clamp(PLATFORM_CPU[node.role] * node.cpu_millis + pod_cpu + jitter_cpu, node.cpu_millis)
+        mem += _clamp(
+            PLATFORM_MEMORY[node.role] * node.memory_bytes + pod_mem + jitter_mem, node.memory_bytes
+        )
+    cpu_cap = sum(n.cpu_millis for n in nodes)
+    mem_cap = sum(n.memory_bytes for n in nodes)
+    return Usage(
+        cpu_millis=cpu,
+        memory_bytes=mem,
+        disk_bytes=disk,
+        cpu_percent=round(100 * cpu / cpu_cap, 1) if cpu_cap else 0.0,
+        memory_percent=round(100 * mem / mem_cap, 1) if mem_cap else 0.0,
+    )

@@ -1,0 +1,285 @@
+"""The compile controller: one ``SiteManifest`` per site, recompiled only where a change lands.
+
+``ManifestState`` is the pure in-memory view (site labels, virtual-site membership through
+``Membership``, intents by kind and the virtual sites they target). Each change reports the
+sites it affects: for an intent, the members of its old and new targets; for a site relabel
+or a new site, that site; for a selector change, the members that joined or left; a deleted
+site, so that its manifest is deleted. ``ManifestController`` feeds it from one hub watch and
+writes a manifest only when its ``spec.hash`` differs. Level-triggered: on start (or after
+losing the watch) it rebuilds from a ``store.scan`` snapshot and recompiles every site,
+writing only what differs, so a restart at any point converges. See docs/site-manifest.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fleetplane.controllers.membership import Membership, selector_of
+from fleetplane.controllers.sections import (
+    SECTIONS,
+    IntentKey,
+    SectionRegistry,
+    VsKey,
+    manifest_hash,
+    targets_of,
+)
+from fleetplane.core.errors import ApiError
+from fleetplane.core.objects import Obj, labels_of
+from fleetplane.core.selectors import Selector
+from fleetplane.core.store import Event, EventType, Store
+from fleetplane.core.watch import ANY_TENANT, WatchFilter, WatchHub
+from fleetplane.kinds import SITE, SITE_MANIFEST, VIRTUAL_SITE
+
+log = logging.getLogger(__name__)
+SiteKey = tuple[str, str]  # tenant, site name
+Intent = tuple[str, IntentKey]  # kind, (tenant, namespace, name)
+_EMPTY: frozenset[str] = frozenset()
+
+
+class ManifestState:
+    """Everything the compile needs, in memory; every mutator returns the affected sites."""
+
+    def __init__(self, sections: SectionRegistry = SECTIONS) -> None:
+        self.sections = sections
+        self.membership = Membership()
+        self.sites: dict[SiteKey, dict[str, str]] = {}
+        self.intents: dict[str, dict[IntentKey, Obj]] = {kind: {} for kind in sections.kinds}
+        self._targets: dict[Intent, set[VsKey]] = {}
+        self._targeted: dict[VsKey, set[Intent]] = {}
+        self._targeted_in: dict[str, set[VsKey]] = {}  # tenant -> its targeted virtual sites
+
+    def members(self, vs: VsKey) -> set[str] | frozenset[str]:
+        virtual = self.membership.virtual.get(vs)
+        return virtual.members if virtual is not None else _EMPTY
+
+    def _sites_of(self, vss: set[VsKey]) -> set[SiteKey]:
+        return {(vs[0], name) for vs in vss for name in self.members(vs)}
+
+    # -- sites and virtual sites ------------------------------------------------------------
+
+    def set_site(self, tenant: str, name: str, labels: Mapping[str, str]) -> set[SiteKey]:
+        key = (tenant, name)
+        if self.sites.get(key) == labels:
+            return set()  # a status write (heartbeat): nothing to recompile
+        self.sites[key] = dict(labels)
+        self.membership.set_site(tenant, name, labels)
+        return {key}
+
+    def remove_site(self, tenant: str, name: str) -> set[SiteKey]:
+        self.sites.pop((tenant, name), None)
+        self.membership.remove_site(tenant, name)
+        return {(tenant, name)}
+
+    def set_virtual_site(self, vs: VsKey, selector: Selector, generation: int) -> set[SiteKey]:
+        before = set(self.members(vs))
+        if not self.membership.set_virtual_site(vs, selector, generation) or vs not in self._targeted:
+            return set()
+        return {(vs[0], name) for name in before ^ self.members(vs)}
+
+    def remove_virtual_site(self, vs: VsKey) -> set[SiteKey]:
+        affected = self._sites_of({vs}) if vs in self._targeted else set()
+        self.membership.remove_virtual_site(vs)
+        return affected
+
+    # -- intents -------------------------------------------------------------------------------
+
+    def _untarget(self, intent: Intent) -> set[VsKey]:
+        old = self._targets.pop(intent, set())
+        for vs in old:
+            holders = self._targeted.get(vs)
+            if holders is not None:
+                holders.discard(intent)
+                if not holders:
+                    del self._targeted[vs]
+                    self._targeted_in[vs[0]].discard(vs)
+        return old
+
+    def set_intent(self, kind: str, tenant: str, obj: Obj) -> set[SiteKey]:
+        m = obj["metadata"]
+        key: IntentKey = (tenant, m.get("namespace") or "", m["name"])
+        known = self.intents[kind].get(key)
+        if known is not None and known.get("spec") == obj.get("spec"):
+            return set()
+        self.intents[kind][key] = obj
+        old = self._untarget((kind, key))
+        new = targets_of(tenant, obj)
+        self._targets[(kind, key)] = new
+        for vs in new:
+            self._targeted.setdefault(vs, set()).add((kind, key))
+            self._targeted_in.setdefault(tenant, set()).add(vs)
+        return self._sites_of(old | new)
+
+    def remove_intent(self, kind: str, key: IntentKey) -> set[SiteKey]:
+        if self.intents[kind].pop(key, None) is None:
+            return set()
+        return self._sites_of(self._untarget((kind, key)))
+
+    # -- the compile -------------------------------------------------------------------------
+
+    def compile(self, tenant: str, name: str) -> dict[str, Any] | None:
+        """The sections of one site's manifest; ``None`` when the site does not exist."""
+        labels = self.sites.get((tenant, name))
+        if labels is None:
+            return None
+        by_kind: dict[str, set[IntentKey]] = {}
+        for vs in self._targeted_in.get(tenant, ()):
+            if name in self.members(vs):
+                for kind, key in self._targeted[vs]:
+                    by_kind.setdefault(kind, set()).add(key)
+        site: Obj = {"kind": SITE.kind, "metadata": {"name": name, "labels": labels}}
+        sections: dict[str, Any] = {}
+        for contributor in self.sections.all():
+            keys = sorted(by_kind.get(contributor.kind, ()))
+            section = contributor.contribute([self.intents[contributor.kind][k] for k in keys], site)
+            if section is not None:
+                sections[contributor.section] = section
+        return sections
+
+    def apply(self, ev: Event) -> set[SiteKey]:
+        """Fold one watch event in; return the sites to recompile."""
+        if ev.kind == SITE.kind:
+            if ev.type is EventType.DELETED:
+                return self.remove_site(ev.tenant, ev.name)
+            return self.set_site(ev.tenant, ev.name, labels_of(ev.object))
+        if ev.kind == VIRTUAL_SITE.kind:
+            vs = (ev.tenant, ev.namespace, ev.name)
+            if ev.type is EventType.DELETED:
+                return self.remove_virtual_site(vs)
+            generation = int(ev.object["metadata"].get("generation", 1))
+            return self.set_virtual_site(vs, selector_of(ev.object), generation)
+        if ev.kind in self.intents:
+            if ev.type is EventType.DELETED:
+                return self.remove_intent(ev.kind, (ev.tenant, ev.namespace, ev.name))
+            return self.set_intent(ev.kind, ev.tenant, ev.object)
+        return set()
+
+    @classmethod
+    def from_snapshot(
+        cls, objects: list[tuple[str, Obj]], sections: SectionRegistry = SECTIONS
+    ) -> ManifestState:
+        state = cls(sections)
+        order = {SITE.kind: 0, VIRTUAL_SITE.kind: 1}  # sites, then virtual sites, then intents
+        for tenant, obj in sorted(objects, key=lambda item: order.get(item[1]["kind"], 2)):
+            m = obj["metadata"]
+            state.apply(
+                Event(
+                    int(m["resourceVersion"]),
+                    EventType.ADDED,
+                    tenant,
+                    obj["kind"],
+                    m.get("namespace") or "",
+                    m["name"],
+                    obj,
+                )
+            )
+        return state
+
+
+class ManifestController:
+    def __init__(
+        self, store: Store, hub: WatchHub, *, sections: SectionRegistry = SECTIONS, flush_delay: float = 0.02
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.sections = sections
+        self.flush_delay = flush_delay
+        self.state = ManifestState(sections)
+        self.hashes: dict[SiteKey, str] = {}  # the stored manifests' spec.hash
+        self.synced = asyncio.Event()
+        self._dirty: set[SiteKey] = set()
+        self._wake = asyncio.Event()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (SITE.kind, VIRTUAL_SITE.kind, *self.sections.kinds)
+
+    async def run(self) -> None:
+        flusher = asyncio.create_task(self._flush_loop(), name="manifest-flush")
+        try:
+            while True:
+                try:
+                    await self._sync_and_follow()
+                except ApiError as exc:  # compacted or overflowed: rebuild from a snapshot
+                    log.warning("manifest watch lost (%s); resyncing", exc.message)
+                except Exception:
+                    log.exception("manifest controller failed; resyncing")
+                    await asyncio.sleep(1)
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+
+    async def _sync_and_follow(self) -> None:
+        revision, objects = await asyncio.to_thread(self.store.scan, (*self.kinds, SITE_MANIFEST.kind))
+        manifests = [(t, o) for t, o in objects if o["kind"] == SITE_MANIFEST.kind]
+        state = ManifestState.from_snapshot(
+            [(t, o) for t, o in objects if o["kind"] != SITE_MANIFEST.kind], self.sections
+        )
+        self.hashes = {
+            (t, o["metadata"]["name"]): str((o.get("spec") or {}).get("hash", "")) for t, o in manifests
+        }
+        self.state = state
+        # Recompile everything once; only what differs from the stored manifests is written.
+        self._dirty |= set(state.sites) | set(self.hashes)
+        self._wake.set()
+        self.synced.set()
+        flt = WatchFilter(tenant=ANY_TENANT, kinds=self.kinds)
+        async for ev in self.hub.watch(flt, since=revision):
+            affected = state.apply(ev)
+            if affected:
+                self._dirty |= affected
+                self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.flush_delay)  # coalesce a burst of changes into one write per site
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            for key in sorted(dirty):
+                try:
+                    await self._reconcile(key)
+                except ApiError as exc:
+                    log.warning("could not write the manifest of %s/%s: %s", *key, exc.message)
+                    self._dirty.add(key)
+                except Exception:
+                    log.exception("could not write the manifest of %s/%s", *key)
+                    self._dirty.add(key)
+            if self._dirty and not self._wake.is_set():
+                await asyncio.sleep(1)  # back off before retrying failed writes
+                self._wake.set()
+
+    async def _reconcile(self, key: SiteKey) -> None:
+        tenant, name = key
+        sections = self.state.compile(tenant, name)
+        if sections is None:
+            with contextlib.suppress(ApiError):  # 404: already gone
+                await asyncio.to_thread(self.store.delete, tenant, SITE_MANIFEST.kind, "", name)
+            self.hashes.pop(key, None)
+            return
+        digest = manifest_hash(sections)
+        if self.hashes.get(key) == digest:
+            return
+        obj = SITE_MANIFEST.normalize(
+            {"metadata": {"name": name}, "spec": {"site": name, "hash": digest, "sections": sections}}
+        )
+        await asyncio.to_thread(self._write, tenant, obj)
+        self.hashes[key] = digest
+
+    def _write(self, tenant: str, obj: Obj) -> None:
+        try:
+            self.store.update(tenant, obj, part="main")
+            return
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+        try:
+            self.store.create(tenant, obj)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            self.store.update(tenant, obj, part="main")

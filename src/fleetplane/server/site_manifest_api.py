@@ -1,0 +1,81 @@
+"""``GET /site-api/v1/manifest``: a site long-polls its own compiled manifest (mTLS).
+
+The site is the one its client certificate names (``site_api.authenticated_site``); there is no way
+to name another. The wait subscribes to the watch hub for exactly this site's
+SiteManifest (name-indexed), so a manifest write wakes this waiter and no other, and
+nothing polls. The contract is ``docs/site-manifest.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from fleetplane.core.errors import Cause, bad_request
+from fleetplane.core.objects import Obj
+from fleetplane.core.store import EventType
+from fleetplane.core.watch import WatchFilter
+from fleetplane.kinds import SITE_MANIFEST
+from fleetplane.server.requests import JsonResponse
+from fleetplane.server.site_api import MAX_WAIT, PREFIX, authenticated_site
+
+router = APIRouter(prefix=PREFIX)
+
+
+def _number(request: Request, name: str, default: float, *, integer: bool) -> float:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise bad_request(f"{name} must be {kind}", [Cause(name, f"must be {kind}")]) from None
+    if value < 0 or math.isnan(value):
+        raise bad_request(f"{name} must not be negative", [Cause(name, "must not be negative")])
+    return value
+
+
+def _generation(obj: Obj | None) -> int:
+    return int(((obj or {}).get("metadata") or {}).get("generation") or 0)
+
+
+@router.get("/manifest")
+async def get_manifest(request: Request) -> Response:
+    ctx, tenant, site = await authenticated_site(request)
+    after = int(_number(request, "after", 0, integer=True))
+    wait = min(_number(request, "waitSeconds", 0, integer=False), MAX_WAIT)
+    name = site["metadata"]["name"]
+    flt = WatchFilter(tenant, (SITE_MANIFEST.kind,), name=name)
+    # Subscribe before reading, so a write between the read and the wait is not missed.
+    sub = ctx.hub.subscribe(flt, after=ctx.hub.revision)
+    try:
+        current = await asyncio.to_thread(ctx.store.get_or_none, tenant, SITE_MANIFEST.kind, "", name)
+        if current is not None and _generation(current) > after:
+            return JsonResponse(current)
+        deadline = time.monotonic() + (wait if after > 0 else 0)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                ev = await asyncio.wait_for(sub.queue.get(), left)
+            except TimeoutError:
+                break
+            if ev is None:  # the hub stopped or this wait overflowed: answer from the store
+                current = await asyncio.to_thread(ctx.store.get_or_none, tenant, SITE_MANIFEST.kind, "", name)
+                if current is not None and _generation(current) > after:
+                    return JsonResponse(current)
+                break
+            if ev.type is not EventType.DELETED and _generation(ev.object) > after:
+                # Several writes may be queued: answer with the newest.
+                newest = ev.object
+                while not sub.queue.empty():
+                    more = sub.queue.get_nowait()
+                    if more is not None and more.type is not EventType.DELETED:
+                        newest = more.object
+                return JsonResponse(newest)
+        return Response(status_code=204)
+    finally:
+        ctx.hub.unsubscribe(sub)

@@ -1,0 +1,149 @@
+"""Site liveness: Offline after ``offline_after`` without a report, Online on the next one;
+on a real store and hub (both backends), and the deadline heap on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fleetplane.controllers.liveness import LivenessController, SiteKey, seen_at
+from fleetplane.core.objects import Obj
+from fleetplane.core.store import Store, open_store
+from fleetplane.core.watch import WatchHub
+from fleetplane.kinds import SITE
+
+
+def stamp(ago: float = 0.0) -> str:
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=ago)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def site(name: str, **status: Any) -> Obj:
+    return {"kind": SITE.kind, "metadata": {"name": name}, "spec": {}, "status": status}
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+def phase(store: Store, name: str) -> str | None:
+    obj = store.get_or_none("acme", SITE.kind, "", name)
+    return None if obj is None else (obj.get("status") or {}).get("phase")
+
+
+def report(store: Store, name: str, **status: Any) -> None:
+    current = store.get("acme", SITE.kind, "", name)
+    store.update("acme", {**current, "status": {"lastSeen": stamp(), **status}}, part="status")
+
+
+async def eventually(check: Callable[[], Any], expected: Any, timeout: float = 10.0) -> float:
+    started = deadline = time.monotonic()
+    deadline += timeout
+    while True:
+        got = await asyncio.to_thread(check)
+        if got == expected:
+            return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never converged: got {got!r}, want {expected!r}")
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running(store: Store, offline_after: float) -> Any:
+    hub = WatchHub(store, poll_interval=0.2)
+    await hub.start()
+    controller = LivenessController(store, hub, offline_after=offline_after)
+    task = asyncio.create_task(controller.run())
+    try:
+        await asyncio.wait_for(controller.synced.wait(), 10)
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hub.stop()
+
+
+def test_silent_sites_go_offline_and_come_back_on_their_next_report(store: Store) -> None:
+    store.create("acme", site("alive", phase="Online", lastSeen=stamp()))
+    store.create("acme", site("new"))  # registered, never reported: stays Pending
+    store.create("acme", site("retired", phase="Decommissioned", lastSeen=stamp(3600)))
+    store.create(
+        "acme", site("stale", phase="Online", lastSeen=stamp(3600))
+    )  # silent while no controller ran
+
+    async def scenario() -> None:
+        async with running(store, offline_after=0.6):
+            await eventually(lambda: phase(store, "stale"), "Offline", timeout=3)
+            took = await eventually(lambda: phase(store, "alive"), "Offline", timeout=3)
+            assert took < 1.5
+            # Heartbeats keep a site Online.
+            await asyncio.to_thread(report, store, "alive", phase="Online")
+            for _ in range(8):
+                await asyncio.sleep(0.2)
+                await asyncio.to_thread(report, store, "alive", phase="Online")
+                assert phase(store, "alive") == "Online"
+            # A report that leaves the phase out (or says Offline) is brought back Online.
+            await eventually(lambda: phase(store, "alive"), "Offline", timeout=3)
+            await asyncio.to_thread(report, store, "alive")
+            await eventually(lambda: phase(store, "alive"), "Online", timeout=2)
+            assert phase(store, "new") == "Pending" or phase(store, "new") is None
+            assert phase(store, "retired") == "Decommissioned"
+            # A deleted site is forgotten.
+            await asyncio.to_thread(store.delete, "acme", SITE.kind, "", "alive")
+            await asyncio.sleep(1.0)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_the_deadline_heap_touches_only_what_is_due() -> None:
+    now = [1_000_000.5]  # not a whole second: whole-second stamps are credited to the end of it
+    controller = LivenessController(None, None, offline_after=30, clock=lambda: now[0])  # type: ignore[arg-type]
+    marked: list[SiteKey] = []
+
+    async def set_phase(key: SiteKey, phase: str) -> bool:
+        marked.append(key)
+        controller.phase[key] = phase
+        return True
+
+    controller._set_phase = set_phase  # type: ignore[method-assign]
+    iso = dt.datetime.fromtimestamp(now[0], dt.UTC)
+    for i in range(10_000):
+        when = (iso - dt.timedelta(seconds=i % 60)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        controller._observe("t", site(f"s{i}", phase="Online", lastSeen=when))
+
+    async def scenario() -> None:
+        # Sites last seen 30..59 s ago are due now; the rest are not touched.
+        now[0] += 0.01  # past float rounding of the parsed stamps
+        due = await controller.expire()
+        expected = sum(1 for i in range(10_000) if i % 60 >= 30)
+        assert len(due) == expected and len(marked) == expected
+        assert {int(name[1:]) % 60 for _, name in due} == set(range(30, 60))
+        assert await controller.expire() == []
+        now[0] += 1.0  # one more second: exactly those seen 29 s ago
+        assert {int(name[1:]) % 60 for _, name in await controller.expire()} == {29}
+        # A later report supersedes the old deadline.
+        fresh = dt.datetime.fromtimestamp(now[0], dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        controller._observe("t", site("s28", phase="Online", lastSeen=fresh))
+        now[0] += 2
+        assert ("t", "s28") not in await controller.expire()
+        assert len(controller._heap) < 10_000
+
+    asyncio.run(scenario())
+
+
+def test_seen_at() -> None:
+    assert seen_at(None, 10.0) is None
+    assert seen_at("2030-01-01T00:00:00Z", 10.0) == 10.0  # never in the future
+    assert seen_at("1970-01-01T00:00:05Z", 100.0) == pytest.approx(5.999)  # whole seconds: end of it
+    assert seen_at("1970-01-01T00:00:05.25Z", 100.0) == pytest.approx(5.25)
+    assert seen_at("yesterday", 100.0) == 100.0

@@ -1,0 +1,194 @@
+"""Manifest distribution and liveness against a real server: a site long-polls its own
+compiled manifest over mTLS and is woken as soon as a change affects it; SiteManifests are
+read-only to operators; a silent site goes Offline and comes back Online when it reports."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.onboarding import API, SITE_API, Agent, anonymous, onboard, operator
+from tests.support.server import ServerProcess
+
+GI = 2**30
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path_factory.mktemp("manifest") / "data", extra_args=["--offline-after", "2"])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def op(server: ServerProcess) -> Iterator[httpx.Client]:
+    with operator(server) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def agents(
+    server: ServerProcess, op: httpx.Client, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Agent]:
+    where = tmp_path_factory.mktemp("agents")
+    found = {
+        "prod": onboard(server, op, where, "mf-prod", labels={"env": "prod"}),
+        "dev": onboard(server, op, where, "mf-dev", labels={"env": "dev"}),
+    }
+    r = op.post(
+        f"{API}/namespaces/shop/virtualsites",
+        json={"metadata": {"name": "prod"}, "spec": {"selector": "env=prod"}},
+    )
+    assert r.status_code == 201, r.text
+    return found
+
+
+def current(agent: Agent, timeout: float = 15) -> dict[str, Any]:
+    """The site's manifest once the controller has compiled one."""
+    deadline = time.monotonic() + timeout
+    with agent.mtls() as site:
+        while True:
+            r = site.get(f"{SITE_API}/manifest")
+            if r.status_code == 200:
+                body: dict[str, Any] = r.json()
+                return body
+            assert r.status_code == 204, r.text
+            assert time.monotonic() < deadline, "no manifest was compiled"
+            time.sleep(0.1)
+
+
+def reservation(name: str, cpu: str, memory: str = "1Gi") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"virtualSites": ["prod"], "cpu": cpu, "memory": memory}}
+
+
+def test_long_poll_answers_at_once_when_newer_and_wakes_on_a_change(
+    agents: dict[str, Agent], op: httpx.Client
+) -> None:
+    first = current(agents["prod"])
+    assert first["kind"] == "SiteManifest" and first["metadata"]["name"] == "mf-prod"
+    generation = first["metadata"]["generation"]
+    with agents["prod"].mtls() as site:
+        # Newer than what the site has: at once.
+        started = time.monotonic()
+        r = site.get(f"{SITE_API}/manifest", params={"after": generation - 1, "waitSeconds": 30})
+        assert r.status_code == 200 and r.json()["metadata"]["generation"] == generation
+        assert time.monotonic() - started < 1
+        # Nothing newer: 204 after waitSeconds.
+        started = time.monotonic()
+        r = site.get(f"{SITE_API}/manifest", params={"after": generation, "waitSeconds": 1})
+        assert r.status_code == 204, r.text
+        assert 0.9 < time.monotonic() - started < 3
+        # Blocks, and answers as soon as a reservation on its virtual site lands.
+        answer: dict[str, Any] = {}
+
+        def poll() -> None:
+            got = site.get(f"{SITE_API}/manifest", params={"after": generation, "waitSeconds": 30})
+            answer["at"], answer["response"] = time.monotonic(), got
+
+        waiter = threading.Thread(target=poll)
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive()
+        changed = time.monotonic()
+        r = op.post(f"{API}/namespaces/shop/resourcereservations", json=reservation("platform", "500m"))
+        assert r.status_code == 201, r.text
+        waiter.join(10)
+        got = answer["response"]
+        assert got.status_code == 200, got.text
+        latency = answer["at"] - changed
+        assert latency < 1.0, latency
+        manifest = got.json()
+        assert manifest["metadata"]["generation"] == generation + 1
+        assert manifest["spec"]["sections"]["reservations"] == {
+            "cpuMillis": 500,
+            "memoryBytes": GI,
+            "sources": ["shop/platform"],
+        }
+        assert manifest["spec"]["hash"].startswith("sha256:")
+
+
+def test_a_site_only_ever_gets_its_own_manifest(
+    server: ServerProcess, agents: dict[str, Agent], op: httpx.Client
+) -> None:
+    mine = current(agents["dev"])
+    assert mine["metadata"]["name"] == "mf-dev" and "reservations" not in mine["spec"]["sections"]
+    with agents["dev"].mtls() as site:
+        # There is no way to name another site.
+        r = site.get(f"{SITE_API}/manifest", params={"site": "mf-prod", "name": "mf-prod"})
+        assert r.status_code == 200 and r.json()["metadata"]["name"] == "mf-dev"
+        # A change to another site's manifest does not wake this one.
+        answer: dict[str, Any] = {}
+
+        def poll() -> None:
+            params = {"after": mine["metadata"]["generation"], "waitSeconds": 2}
+            answer["response"] = site.get(f"{SITE_API}/manifest", params=params)
+
+        waiter = threading.Thread(target=poll)
+        waiter.start()
+        time.sleep(0.2)
+        r = op.post(f"{API}/namespaces/shop/resourcereservations", json=reservation("other", "1"))
+        assert r.status_code == 201, r.text
+        waiter.join(10)
+        assert answer["response"].status_code == 204
+        # Bad parameters are refused.
+        assert site.get(f"{SITE_API}/manifest", params={"after": "x"}).status_code == 400
+        assert site.get(f"{SITE_API}/manifest", params={"waitSeconds": "-1"}).status_code == 400
+    # Without a certificate: 401.
+    with anonymous(server) as anon:
+        assert anon.get(f"{SITE_API}/manifest").status_code == 401
+
+
+def test_site_manifests_are_read_only_for_operators(agents: dict[str, Agent], op: httpx.Client) -> None:
+    current(agents["prod"])
+    r = op.get(f"{API}/sitemanifests/mf-prod")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert op.get(f"{API}/sitemanifests").json()["items"]
+    refused = [
+        op.put(f"{API}/sitemanifests/mf-prod", json=body),
+        op.post(f"{API}/sitemanifests", json={**body, "metadata": {"name": "forged"}}),
+        op.patch(
+            f"{API}/sitemanifests/mf-prod",
+            json={"spec": {"sections": {}}},
+            headers={"content-type": "application/merge-patch+json"},
+        ),
+        op.delete(f"{API}/sitemanifests/mf-prod"),
+    ]
+    for r in refused:
+        assert r.status_code in (403, 405), r.text
+    assert op.get(f"{API}/sitemanifests/mf-prod").json() == body
+
+
+def phase(op: httpx.Client, name: str) -> str:
+    value: str = op.get(f"{API}/sites/{name}").json()["status"].get("phase", "")
+    return value
+
+
+def wait_phase(op: httpx.Client, name: str, want: str, timeout: float) -> float:
+    started = time.monotonic()
+    while phase(op, name) != want:
+        assert time.monotonic() - started < timeout, f"{name} never became {want}: {phase(op, name)}"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_a_silent_site_goes_offline_and_comes_back_online_on_its_next_report(
+    agents: dict[str, Agent], op: httpx.Client
+) -> None:
+    with agents["dev"].mtls() as site:
+        r = site.put(f"{SITE_API}/site/status", json={"status": {"phase": "Online", "nodeCount": 1}})
+        assert r.status_code == 200, r.text
+        assert phase(op, "mf-dev") == "Online"
+        silent = time.monotonic()
+        wait_phase(op, "mf-dev", "Offline", timeout=8)
+        assert time.monotonic() - silent >= 1.0  # --offline-after 2 (lastSeen has whole seconds)
+        # The next report brings it back, whatever phase the report carries.
+        r = site.put(f"{SITE_API}/site/status", json={"status": {"nodeCount": 1}})
+        assert r.status_code == 200, r.text
+        assert wait_phase(op, "mf-dev", "Online", timeout=3) < 1.5
