@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import orjson
@@ -87,7 +87,35 @@ def resource_path(plural: str, namespace: str | None = None, name: str | None = 
     return path
 
 
-class Client:
+def decode_response(resp: httpx.Response) -> Any:
+    """The body of a successful answer; a ``Status`` answer raised as ``ApiError``."""
+    try:
+        data = resp.json() if resp.content else None
+    except ValueError:
+        data = None
+    if resp.status_code >= 400:
+        if isinstance(data, dict) and data.get("kind") == "Status":
+            raise ApiError.from_status(data, resp.status_code)
+        raise ApiError(resp.status_code, "Unknown", f"HTTP {resp.status_code}: {resp.text[:200]}")
+    return data
+
+
+class _SyncHttp:
+    """What both synchronous clients share: one httpx client, closed on exit."""
+
+    http: httpx.Client
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client(_SyncHttp):
     def __init__(self, conn: Connection, *, timeout: float = 30.0) -> None:
         self.conn = conn
         verify: ssl.SSLContext | bool = (
@@ -99,15 +127,6 @@ class Client:
             verify=verify,
             timeout=timeout,
         )
-
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def request(
         self,
@@ -126,19 +145,7 @@ class Client:
             raise ApiError(0, "ConnectionError", f"cannot reach {self.conn.server}: {exc}") from exc
         except httpx.TransportError as exc:
             raise ApiError(0, "ConnectionError", f"talking to {self.conn.server} failed: {exc}") from exc
-        return self._decode(resp)
-
-    @staticmethod
-    def _decode(resp: httpx.Response) -> Any:
-        try:
-            data = resp.json() if resp.content else None
-        except ValueError:
-            data = None
-        if resp.status_code >= 400:
-            if isinstance(data, dict) and data.get("kind") == "Status":
-                raise ApiError.from_status(data, resp.status_code)
-            raise ApiError(resp.status_code, "Unknown", f"HTTP {resp.status_code}: {resp.text[:200]}")
-        return data
+        return decode_response(resp)
 
     # -- resources ----------------------------------------------------------------------
 
@@ -241,7 +248,7 @@ class Client:
             ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
-                    self._decode(resp)
+                    decode_response(resp)
                 for line in resp.iter_lines():
                     if not line.strip():
                         continue
@@ -299,7 +306,7 @@ def fetch_server_chain(server: str, *, timeout: float = 10.0) -> list[bytes]:
         raise ApiError(0, "ConnectionError", f"cannot reach {server}: {exc}") from exc
 
 
-class SiteClient:
+class SiteClient(_SyncHttp):
     """Calls of ``/site-api/v1``: unauthenticated onboarding calls when built without a
     certificate, mutual-TLS calls with the site certificate and key otherwise. The server
     is always verified against ``ca_pem`` (the pinned serving CA), never the system store."""
@@ -324,15 +331,6 @@ class SiteClient:
             timeout=timeout,
         )
 
-    def close(self) -> None:
-        self.http.close()
-
-    def __enter__(self) -> SiteClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def request(
         self,
         method: str,
@@ -354,7 +352,7 @@ class SiteClient:
             raise ApiError(0, "ConnectionError", f"cannot reach {self.server}: {exc}") from exc
         except httpx.TransportError as exc:
             raise ApiError(0, "ConnectionError", f"talking to {self.server} failed: {exc}") from exc
-        return Client._decode(resp)
+        return decode_response(resp)
 
     # -- onboarding (no client certificate) ----------------------------------------------------
 
@@ -382,7 +380,7 @@ class SiteClient:
         except httpx.TransportError as exc:
             raise ApiError(0, "ConnectionError", f"cannot reach {self.server}: {exc}") from exc
         if resp.status_code >= 400:
-            Client._decode(resp)
+            decode_response(resp)
         return resp.content
 
     # -- the site itself (mutual TLS) -----------------------------------------------------------
@@ -506,7 +504,7 @@ class AsyncSiteClient:
         timeout: float | None = None,
     ) -> Any:
         resp = await self.send(method, path, body=body, params=params, headers=headers, timeout=timeout)
-        return Client._decode(resp)
+        return decode_response(resp)
 
     # -- onboarding (no client certificate) ----------------------------------------------------
 
@@ -553,5 +551,5 @@ class AsyncSiteClient:
         )
         if resp.status_code == 204:
             return None
-        result: dict[str, Any] = Client._decode(resp)
+        result: dict[str, Any] = decode_response(resp)
         return result

@@ -12,13 +12,13 @@ site ``Offline`` (or ``Pending``) with a fresh ``lastSeen``, this controller set
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import heapq
 import logging
 import time
 from collections.abc import Callable
 
+from fleetplane.controllers.loop import run_controller
 from fleetplane.core.errors import ApiError
 from fleetplane.core.objects import Obj
 from fleetplane.core.store import EventType, Store
@@ -69,20 +69,7 @@ class LivenessController:
         self.synced = asyncio.Event()
 
     async def run(self) -> None:
-        ticker = asyncio.create_task(self._tick_loop(), name="liveness-tick")
-        try:
-            while True:
-                try:
-                    await self._sync_and_follow()
-                except ApiError as exc:
-                    log.warning("liveness watch lost (%s); resyncing", exc.message)
-                except Exception:
-                    log.exception("liveness controller failed; resyncing")
-                    await asyncio.sleep(1)
-        finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+        await run_controller("liveness", self._sync_and_follow, self._tick_loop)
 
     def _observe(self, tenant: str, obj: Obj) -> bool:
         """Record a site; return whether a fresh report left it Offline/Pending."""

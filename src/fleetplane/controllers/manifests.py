@@ -18,6 +18,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from fleetplane.controllers.loop import run_controller
 from fleetplane.controllers.membership import Membership, selector_of
 from fleetplane.controllers.sections import (
     SECTIONS,
@@ -198,20 +199,7 @@ class ManifestController:
         return (SITE.kind, VIRTUAL_SITE.kind, *self.sections.kinds)
 
     async def run(self) -> None:
-        flusher = asyncio.create_task(self._flush_loop(), name="manifest-flush")
-        try:
-            while True:
-                try:
-                    await self._sync_and_follow()
-                except ApiError as exc:  # compacted or overflowed: rebuild from a snapshot
-                    log.warning("manifest watch lost (%s); resyncing", exc.message)
-                except Exception:
-                    log.exception("manifest controller failed; resyncing")
-                    await asyncio.sleep(1)
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        await run_controller("manifest", self._sync_and_follow, self._flush_loop)
 
     async def _sync_and_follow(self) -> None:
         revision, objects = await asyncio.to_thread(self.store.scan, (*self.kinds, SITE_MANIFEST.kind))

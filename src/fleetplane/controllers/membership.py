@@ -10,13 +10,13 @@ statuses that differ, so a restart at any point loses nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetplane.controllers.loop import run_controller
 from fleetplane.core.errors import ApiError
 from fleetplane.core.label_index import LabelIndex
 from fleetplane.core.objects import Obj, labels_of
@@ -120,20 +120,7 @@ class MembershipController:
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        flusher = asyncio.create_task(self._flush_loop(), name="membership-flush")
-        try:
-            while True:
-                try:
-                    await self._sync_and_follow()
-                except ApiError as exc:  # compacted or overflowed: rebuild from a snapshot
-                    log.warning("membership watch lost (%s); resyncing", exc.message)
-                except Exception:
-                    log.exception("membership controller failed; resyncing")
-                    await asyncio.sleep(1)
-        finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        await run_controller("membership", self._sync_and_follow, self._flush_loop)
 
     async def _sync_and_follow(self) -> None:
         revision, objects = await asyncio.to_thread(self.store.scan, (SITE.kind, VIRTUAL_SITE.kind))
