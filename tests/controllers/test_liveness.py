@@ -105,6 +105,19 @@ def test_silent_sites_go_offline_and_come_back_on_their_next_report(store: Store
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_sites_get_a_grace_period_after_the_control_plane_was_down(store: Store) -> None:
+    # The site last reported an hour ago because the *server* was down, not the site.
+    store.create("acme", site("patient", phase="Online", lastSeen=stamp(3600)))
+
+    async def scenario() -> None:
+        async with running(store, offline_after=3.0):
+            await asyncio.sleep(1.5)
+            assert phase(store, "patient") == "Online"  # not blamed for the outage
+            await eventually(lambda: phase(store, "patient"), "Offline", timeout=6)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_the_deadline_heap_touches_only_what_is_due() -> None:
     now = [1_000_000.5]  # not a whole second: whole-second stamps are credited to the end of it
     controller = LivenessController(None, None, offline_after=30, clock=lambda: now[0])  # type: ignore[arg-type]

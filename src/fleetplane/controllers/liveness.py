@@ -67,6 +67,9 @@ class LivenessController:
         self.phase: dict[SiteKey, str] = {}
         self._heap: list[tuple[float, str, str]] = []  # (deadline, tenant, name); lazily invalidated
         self.synced = asyncio.Event()
+        # When this controller began watching (server start or leadership). A site is not
+        # blamed for silence while the control plane itself was down: its clock starts here.
+        self.started: float | None = None
 
     async def run(self) -> None:
         await run_controller("liveness", self._sync_and_follow, self._tick_loop)
@@ -78,7 +81,7 @@ class LivenessController:
         now = self.clock()
         phase = str(status.get("phase") or "Pending")
         self.phase[key] = phase
-        ts = seen_at(status.get("lastSeen"), now)
+        ts = self._credited(seen_at(status.get("lastSeen"), now))
         if ts is None:
             self.seen.pop(key, None)
             return False
@@ -87,7 +90,14 @@ class LivenessController:
             heapq.heappush(self._heap, (ts + self.offline_after, *key))
         return phase in REVIVED and now - ts < self.offline_after
 
+    def _credited(self, ts: float | None) -> float | None:
+        if ts is None or self.started is None:
+            return ts
+        return max(ts, self.started)
+
     async def _sync_and_follow(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
         revision, objects = await asyncio.to_thread(self.store.scan, (SITE.kind,))
         self.seen, self.phase, self._heap = {}, {}, []
         revive = [(t, o["metadata"]["name"]) for t, o in objects if self._observe(t, o)]
@@ -150,7 +160,7 @@ class LivenessController:
                 return False
             status = dict(site.get("status") or {})
             current = status.get("phase") or "Pending"
-            ts = seen_at(status.get("lastSeen"), self.clock())
+            ts = self._credited(seen_at(status.get("lastSeen"), self.clock()))
             fresh = ts is not None and self.clock() - ts < self.offline_after
             # Recheck on the stored object: a report may have landed since the watch said otherwise.
             if (
