@@ -7,6 +7,7 @@
 #   swtpm, swtpm-tools, tpm2-tools, libtss2-dev, pkg-config
 #               - a software TPM for the device-identity path (and the headers tpm2-pytss builds with)
 #   faketime    - runs a server in the future to prove expired certificates are refused
+#   nats-server - the physical-floor fan-out baseline of the fan-out benchmark (bench/fanout.py)
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
@@ -18,6 +19,8 @@ command -v tpm2_startup >/dev/null || need+=(tpm2-tools)
 [ -f /usr/include/tss2/tss2_esys.h ] || need+=(libtss2-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v faketime >/dev/null || need+=(faketime)
+command -v nats-server >/dev/null || need+=(nats-server)
+command -v nft >/dev/null || need+=(nftables)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]} (install them with apt-get as root)" >&2

@@ -7,6 +7,7 @@ Leadership is a session-level advisory lock held on another dedicated connection
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -102,6 +103,10 @@ class PostgresStore(SqlStore):
     def close(self) -> None:
         self._stop.set()
         for conn in self._leader_conns.values():
+            # Release explicitly: a closed session's locks are freed only once the server
+            # notices, so the next leader could otherwise wait for no reason.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock_all()")
             conn.close()
         self._leader_conns.clear()
         if self._listener is not None:
