@@ -48,6 +48,33 @@ EXPECTED = [
     "onboarding.per_site.p50_ms",
     "onboarding.per_site.p99_ms",
     "onboarding.total_s",
+    *(
+        f"fanout.small.{name}"
+        for name in (
+            "sites",
+            "onboard_s",
+            "write_ms",
+            "effect.p50_ms",
+            "effect.p99_ms",
+            "effect.max_ms",
+            "effect.min_ms",
+            "compiled.p50_ms",
+            "compiled.max_ms",
+            "delivered.p50_ms",
+            "delivered.p99_ms",
+            "server_rss_before_mb",
+            "server_rss_connected_mb",
+            "server_kb_per_site",
+            "server_cpu_ms_per_site",
+            "manifest_bytes",
+            "nats.p50_ms",
+            "nats.p99_ms",
+            "nats.max_ms",
+            "nats.kb_per_conn",
+            "ratio_p99",
+            "ratio_max",
+        )
+    ),
 ]
 WITH_TARGETS = [
     "membership.relabel.p50_ms",
@@ -56,6 +83,9 @@ WITH_TARGETS = [
     "membership.recompute.recompute_all_s",
     "membership.recompute.build_plus_recompute_s",
     "onboarding.ms_per_site",
+    "fanout.small.effect.p99_ms",
+    "fanout.small.server_kb_per_site",
+    "fanout.small.ratio_p99",
 ]
 
 
