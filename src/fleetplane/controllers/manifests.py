@@ -13,7 +13,6 @@ writing only what differs, so a restart at any point converges. See docs/site-ma
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +27,6 @@ from fleetplane.controllers.sections import (
     manifest_hash,
     targets_of,
 )
-from fleetplane.core.errors import ApiError
 from fleetplane.core.objects import Obj, labels_of
 from fleetplane.core.selectors import Selector
 from fleetplane.core.store import Event, EventType, Store
@@ -36,6 +34,9 @@ from fleetplane.core.watch import ANY_TENANT, WatchFilter, WatchHub
 from fleetplane.kinds import SITE, SITE_MANIFEST, VIRTUAL_SITE
 
 log = logging.getLogger(__name__)
+# Manifests written per transaction: big enough to amortise the commit, small enough
+# not to hold the store's write lock for long.
+WRITE_CHUNK = 500
 SiteKey = tuple[str, str]  # tenant, site name
 Intent = tuple[str, IntentKey]  # kind, (tenant, namespace, name)
 _EMPTY: frozenset[str] = frozenset()
@@ -228,46 +229,47 @@ class ManifestController:
             await asyncio.sleep(self.flush_delay)  # coalesce a burst of changes into one write per site
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
-            for key in sorted(dirty):
+            plan = [change for key in sorted(dirty) if (change := self._plan(key)) is not None]
+            # Many manifests per transaction: one durable commit (fsync) per chunk, not per site.
+            for i in range(0, len(plan), WRITE_CHUNK):
+                chunk = plan[i : i + WRITE_CHUNK]
                 try:
-                    await self._reconcile(key)
-                except ApiError as exc:
-                    log.warning("could not write the manifest of %s/%s: %s", *key, exc.message)
-                    self._dirty.add(key)
-                except Exception:
-                    log.exception("could not write the manifest of %s/%s", *key)
-                    self._dirty.add(key)
+                    await asyncio.to_thread(self._write_chunk, chunk)
+                except Exception as exc:
+                    log.warning("could not write %d manifests (%s); will retry", len(chunk), exc)
+                    self._dirty.update(key for key, _, _ in chunk)
+                    continue
+                for key, _, digest in chunk:
+                    if digest is None:
+                        self.hashes.pop(key, None)
+                    else:
+                        self.hashes[key] = digest
             if self._dirty and not self._wake.is_set():
                 await asyncio.sleep(1)  # back off before retrying failed writes
                 self._wake.set()
 
-    async def _reconcile(self, key: SiteKey) -> None:
+    def _plan(self, key: SiteKey) -> tuple[SiteKey, Obj | None, str | None] | None:
+        """What to write for one site: its manifest, ``None`` to delete it, or nothing."""
         tenant, name = key
         sections = self.state.compile(tenant, name)
         if sections is None:
-            with contextlib.suppress(ApiError):  # 404: already gone
-                await asyncio.to_thread(self.store.delete, tenant, SITE_MANIFEST.kind, "", name)
-            self.hashes.pop(key, None)
-            return
+            return key, None, None
         digest = manifest_hash(sections)
         if self.hashes.get(key) == digest:
-            return
+            return None
         obj = SITE_MANIFEST.normalize(
             {"metadata": {"name": name}, "spec": {"site": name, "hash": digest, "sections": sections}}
         )
-        await asyncio.to_thread(self._write, tenant, obj)
-        self.hashes[key] = digest
+        return key, obj, digest
 
-    def _write(self, tenant: str, obj: Obj) -> None:
-        try:
-            self.store.update(tenant, obj, part="main")
-            return
-        except ApiError as exc:
-            if exc.code != 404:
-                raise
-        try:
-            self.store.create(tenant, obj)
-        except ApiError as exc:
-            if exc.code != 409:
-                raise
-            self.store.update(tenant, obj, part="main")
+    def _write_chunk(self, chunk: list[tuple[SiteKey, Obj | None, str | None]]) -> None:
+        with self.store.batch() as batch:
+            for (tenant, name), obj, _ in chunk:
+                current = batch.get_or_none(tenant, SITE_MANIFEST.kind, "", name)
+                if obj is None:
+                    if current is not None:
+                        batch.delete(tenant, SITE_MANIFEST.kind, "", name)
+                elif current is None:
+                    batch.create(tenant, obj)
+                else:
+                    batch.update(tenant, obj, part="main")
