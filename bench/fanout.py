@@ -22,12 +22,8 @@ fan-out p99 <= 5x the NATS baseline p99.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -40,6 +36,8 @@ from typing import Any
 import httpx
 
 from bench.common import Report, percentile
+from bench.nats_baseline import nats_fanout
+from bench.procs import cpu_s, free_port, rss_kb, stop_process
 
 SECTION = "fanout"
 FULL, QUICK = 1000, 10
@@ -51,52 +49,12 @@ BIG_BUDGET_S = 600.0
 API = "/apis/fleetplane.io/v1"
 FLEET_LABEL = "fanout-bench"
 NATS_REPS, NATS_REPS_QUICK = 5, 3
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # A site that asks for its manifest before the compile controller wrote it gets 204 and asks
 # again only with its next heartbeat (agent core): a long heartbeat leaves such sites without
 # a manifest that long. 60 s keeps the background load low (N/60 reports/s) and bounds that.
 HEARTBEAT_S, HEARTBEAT_QUICK_S = 60, 5
 STALL_MARGIN_S = 15.0  # no more site Applied for a heartbeat and this long: onboarding is over
 MIN_CONNECTED = 0.99  # ... and at least this share of N came up: time the fan-out over those
-
-
-# -- /proc ------------------------------------------------------------------------------------------
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def cpu_s(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[bytes], group: bool = False) -> None:
-    if proc.poll() is not None:
-        return
-    if group:
-        os.killpg(proc.pid, signal.SIGTERM)
-    else:
-        proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        if group:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.wait(5)
 
 
 # -- fleetplane ---------------------------------------------------------------------------------------
@@ -106,7 +64,7 @@ class Server:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.data_dir = root / "server"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FLEETPLANE_CONFIG": str(root / "config.yaml")}
         self.log = root / "server.log"
@@ -140,7 +98,7 @@ class Server:
             except (httpx.TransportError, OSError):
                 pass
             if time.monotonic() > deadline:
-                _stop(self.proc)
+                stop_process(self.proc)
                 raise RuntimeError("server did not become ready")
             time.sleep(0.1)
         self.ctx = ssl.create_default_context(cafile=self.ca_file)
@@ -156,7 +114,7 @@ class Server:
 
     def close(self) -> None:
         self.http.close()
-        _stop(self.proc)
+        stop_process(self.proc)
 
     def post(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
         r = self.http.post(path, json=obj)
@@ -385,7 +343,7 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
             manifest_bytes = len(r.content)
         finally:
             if sim is not None:
-                _stop(sim, group=True)
+                stop_process(sim, group=True)
             server.close()
     return {
         "n": n,
@@ -424,111 +382,6 @@ def _tail(path: Path, size: int = 2000) -> str:
         return path.read_text(errors="replace")[-size:]
     except OSError:
         return ""
-
-
-# -- NATS baseline ------------------------------------------------------------------------------------
-
-SUBJECT = "fleet.manifest"
-
-
-async def _nats_handshake(port: int, sub: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-    info = await reader.readline()
-    if not info.startswith(b"INFO"):
-        raise RuntimeError(f"nats: unexpected greeting {info[:80]!r}")
-    writer.write(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
-    if sub:
-        writer.write(f"SUB {SUBJECT} 1\r\n".encode())
-    writer.write(b"PING\r\n")
-    await writer.drain()
-    while True:  # PONG: the server has processed CONNECT and SUB
-        line = await reader.readline()
-        if line.startswith(b"PONG"):
-            return reader, writer
-        if line.startswith(b"-ERR") or not line:
-            raise RuntimeError(f"nats: {line!r}")
-
-
-async def _nats_subscriber(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    arrivals: list[float],
-    done: asyncio.Event,
-    n: int,
-) -> None:
-    while True:
-        line = await reader.readline()
-        if not line:
-            return
-        if line.startswith(b"MSG"):
-            size = int(line.split()[-1])
-            await reader.readexactly(size + 2)
-            arrivals.append(time.perf_counter())
-            if len(arrivals) % n == 0:
-                done.set()
-        elif line.startswith(b"PING"):
-            writer.write(b"PONG\r\n")
-
-
-async def _nats_run(port: int, n: int, size: int, reps: int) -> list[list[float]]:
-    conns = []
-    for start in range(0, n, 200):  # connect in batches (the server's accept backlog)
-        conns += await asyncio.gather(
-            *(_nats_handshake(port, True) for _ in range(start, min(n, start + 200)))
-        )
-    pub_reader, pub = await _nats_handshake(port, False)
-    arrivals: list[float] = []
-    done = asyncio.Event()
-    tasks = [asyncio.create_task(_nats_subscriber(r, w, arrivals, done, n)) for r, w in conns]
-    payload = b"x" * size
-    samples: list[list[float]] = []
-    try:
-        for rep in range(reps + 1):  # the first is a warm-up
-            done.clear()
-            mark = len(arrivals)
-            t0 = time.perf_counter()
-            pub.write(f"PUB {SUBJECT} {size}\r\n".encode() + payload + b"\r\n")
-            await pub.drain()
-            await asyncio.wait_for(done.wait(), 60)
-            if rep:
-                samples.append(sorted((t - t0) * 1000 for t in arrivals[mark : mark + n]))
-            await asyncio.sleep(0.2)
-    finally:
-        for t in tasks:
-            t.cancel()
-        for _, w in [*conns, (pub_reader, pub)]:
-            w.close()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return samples
-
-
-def nats_fanout(n: int, size: int, reps: int) -> dict[str, Any]:
-    binary = shutil.which("nats-server")
-    if binary is None:
-        raise FileNotFoundError("nats-server is not installed (scripts/system-deps.sh installs it)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [binary, "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("nats-server did not start")
-            time.sleep(0.05)
-        rss_idle = rss_kb(proc.pid)
-        samples = asyncio.run(_nats_run(port, n, size, reps))
-        rss_connected = rss_kb(proc.pid)
-    finally:
-        _stop(proc)
-    return {
-        "samples": samples,
-        "all": sorted(x for s in samples for x in s),
-        "rss_kb_per_conn": max(0, rss_connected - rss_idle) / n,
-    }
 
 
 # -- the benchmark ------------------------------------------------------------------------------------------
