@@ -65,12 +65,7 @@ def register(app: typer.Typer) -> None:
         _setup_logging()
         if (ca_file is None) == (ca_hash is None):
             raise fail("give exactly one of --ca-file and --ca-hash")
-        if token is None and token_file is not None:
-            try:
-                token = token_file.read_text().strip()
-            except OSError as exc:
-                raise fail(f"cannot read --token-file {token_file}: {exc.strerror}") from exc
-        token = token or os.environ.get("FLEETPLANE_TOKEN") or None
+        token = resolve_token(token, token_file)
         labels: dict[str, str] = {}
         for item in label or []:
             key, sep, value = item.partition("=")
@@ -113,3 +108,16 @@ def register(app: typer.Typer) -> None:
         code = run_agent(config, driver=driver)
         if code:
             raise typer.Exit(code)
+
+
+def resolve_token(token: str | None, token_file: Path | None) -> str | None:
+    """The registration token: ``--token``, else ``--token-file`` (cloud-init writes one),
+    else ``FLEETPLANE_TOKEN``."""
+    from fleetplane.cli.main import fail
+
+    if token is None and token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise fail(f"cannot read --token-file {token_file}: {exc.strerror}") from exc
+    return token or os.environ.get("FLEETPLANE_TOKEN") or None

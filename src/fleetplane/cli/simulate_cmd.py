@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetplane.cli.agent_cmd import resolve_token
 from fleetplane.core.errors import ApiError
 
 
@@ -89,12 +90,7 @@ def register(app: typer.Typer) -> None:
             raise fail("give exactly one of --ca-file and --ca-hash")
         if sites < 1 or processes < 1 or heartbeat <= 0:
             raise fail("--sites and --processes must be at least 1, --heartbeat positive")
-        if token is None and token_file is not None:
-            try:
-                token = token_file.read_text().strip()
-            except OSError as exc:
-                raise fail(f"cannot read --token-file {token_file}: {exc.strerror}") from exc
-        token = token or os.environ.get("FLEETPLANE_TOKEN") or None
+        token = resolve_token(token, token_file)
         try:
             extra = _labels(label)
             where = _regions(regions)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from fleetplane.core.errors import ApiError, expired
-from fleetplane.core.objects import labels_of
+from fleetplane.core.objects import Obj, labels_of
 from fleetplane.core.selectors import Selector
 from fleetplane.core.store.base import Event, EventType, FieldFilter, Store
 
@@ -65,6 +65,13 @@ class WatchFilter:
         if before:
             return Event(ev.revision, EventType.DELETED, ev.tenant, ev.kind, ev.namespace, ev.name, ev.object)
         return None
+
+
+def _added(tenant: str, obj: Obj) -> Event:
+    """An object that exists when a watch starts, as the ADDED event the watcher sees first."""
+    m = obj["metadata"]
+    rev, ns = int(m["resourceVersion"]), m.get("namespace", "")
+    return Event(rev, EventType.ADDED, tenant, obj["kind"], ns, m["name"], obj)
 
 
 class WatchOverflow(ApiError):
@@ -226,17 +233,8 @@ class WatchHub:
                         since, EventType.ADDED, flt.tenant, flt.kinds[0], flt.namespace or "", flt.name, one
                     )
                 ):
-                    m = one["metadata"]
-                    yield Event(
-                        int(m["resourceVersion"]),
-                        EventType.ADDED,
-                        flt.tenant,
-                        flt.kinds[0],
-                        m.get("namespace", ""),
-                        m["name"],
-                        one,
-                    )
-                    since = max(since, int(m["resourceVersion"]))
+                    yield _added(flt.tenant, one)
+                    since = max(since, int(one["metadata"]["resourceVersion"]))
             elif since is None:
                 listed = await asyncio.to_thread(
                     self.store.list,
@@ -247,16 +245,7 @@ class WatchHub:
                     field_filter=flt.field_filter,
                 )
                 for obj in listed.items:
-                    m = obj["metadata"]
-                    yield Event(
-                        int(m["resourceVersion"]),
-                        EventType.ADDED,
-                        flt.tenant,
-                        flt.kinds[0],
-                        m.get("namespace", ""),
-                        m["name"],
-                        obj,
-                    )
+                    yield _added(flt.tenant, obj)
                 since = listed.revision
             # Replay the log between the client's revision and the live stream's start.
             cursor = since
