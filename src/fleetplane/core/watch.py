@@ -123,6 +123,7 @@ class WatchHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
 
     @property
     def watcher_count(self) -> int:
@@ -139,7 +140,11 @@ class WatchHub:
 
     async def stop(self) -> None:
         self._loop = None  # the store keeps calling _on_commit; a stopped hub must ignore it
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
+            # Python 3.11's wait_for can turn a cancel that races its timeout into a
+            # TimeoutError (swallowed in _run); the flag ends the loop either way.
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -154,7 +159,7 @@ class WatchHub:
                 loop.call_soon_threadsafe(self._wake.set)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
             self._wake.clear()
