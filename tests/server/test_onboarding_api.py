@@ -103,8 +103,10 @@ def test_auto_accept(server: ServerProcess, op: httpx.Client, tmp_path: Path) ->
     agent = Agent(server, tmp_path, "store-auto")
     r = agent.register(token=new_token(op, "auto", autoAccept=True, labels={"tier": "gold"}))
     assert r.status_code == 201 and r.json()["phase"] == "Accepted", r.text
+    # the certificate comes with the answer (no poll needed), and a poll returns the same one
+    assert "BEGIN CERTIFICATE" in r.json()["certificate"] and r.json()["site"] == "store-auto"
     answer = agent.poll(r.json()["name"], r.json()["pollToken"]).json()
-    assert answer["phase"] == "Accepted" and "BEGIN CERTIFICATE" in answer["certificate"]
+    assert answer["phase"] == "Accepted" and answer["certificate"] == r.json()["certificate"]
     assert op.get(f"{API}/sites/store-auto").json()["metadata"]["labels"] == {"tier": "gold"}
 
 

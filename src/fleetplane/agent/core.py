@@ -378,7 +378,8 @@ class AgentCore:
         return max(0.0, self.last_report + self.heartbeat - time.monotonic())
 
     def _poll_wait(self) -> int:
-        if self.state == "Applying":
+        # Any item in progress (also beside a failed one, when the state reads Failed).
+        if any(item.state == "InProgress" for item in self.items):
             return max(1, math.ceil(min(APPLYING_RECHECK_SECONDS, self._until_heartbeat())))
         return min(MAX_WAIT_SECONDS, max(1, math.ceil(self._until_heartbeat())))
 

@@ -365,12 +365,16 @@ def onboard(config: AgentConfig, stop: threading.Event | None = None) -> SavedId
             except (KeyStoreError, ValueError, KeyError) as exc:
                 raise AgentError(f"{pending_file}: {exc}") from None
             log.info("resuming: registration %s is still waiting for a decision", name)
+            decided = _wait(api, name, poll_token, stop)
         else:
             answer = _register(config, api, keys, stop)
             name, poll_token = str(answer["name"]), str(answer["pollToken"])
-            write_private(pending_file, json.dumps({"name": name, "pollToken": poll_token}).encode())
             log.info("registered as %s", name)
-        decided = _wait(api, name, poll_token, stop)
+            if answer.get("phase") == "Accepted" and answer.get("certificate"):
+                decided = answer  # auto-accepted: the certificate came with the answer
+            else:
+                write_private(pending_file, json.dumps({"name": name, "pollToken": poll_token}).encode())
+                decided = _wait(api, name, poll_token, stop)
     certificate = str(decided["certificate"]).encode()
     ca_bundle = str(decided.get("caBundle") or "").encode()
     tenant, site = tenant_and_site(certificate)

@@ -331,3 +331,6 @@ _onboarding_cmd.register(app)
 from fleetplane.cli import simulate_cmd as _simulate_cmd  # noqa: E402
 
 _simulate_cmd.register(app)
+from fleetplane.cli import os_cmd as _os_cmd  # noqa: E402
+
+_os_cmd.register(app)

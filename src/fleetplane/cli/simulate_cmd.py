@@ -46,6 +46,14 @@ def _regions(items: list[str] | None) -> tuple[str, ...]:
     return found
 
 
+def _faults(items: list[str] | None) -> tuple[str, ...]:
+    from fleetplane.agent.drivers.simmodel.faults import parse_fault
+
+    for item in items or []:
+        parse_fault(item)  # FaultError is a ValueError: refused before any site starts
+    return tuple(items or ())
+
+
 def register(app: typer.Typer) -> None:
     from fleetplane.cli.main import err, fail, report
 
@@ -73,11 +81,19 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option("--label", help="Extra label k=v for every site.")
         ] = None,
         profile: Annotated[
-            str, typer.Option(help="Sim site profile: default, edge, datacenter.")
+            str, typer.Option(help="Sim site profile: default, edge, datacenter, fast.")
         ] = "default",
         start_rate: Annotated[
             float, typer.Option(help="Agent cores started per second per process.")
         ] = 200.0,
+        fault: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--fault",
+                help="Inject a fault into every site at start: NAME[:k=v,...], e.g. "
+                "install_failure:stage=health_check (connectivity_loss, slow, install_failure, clock_skew).",
+            ),
+        ] = None,
     ) -> None:
         """Onboard N simulated sites through the real zero-touch path and run their agents.
 
@@ -94,6 +110,7 @@ def register(app: typer.Typer) -> None:
         try:
             extra = _labels(label)
             where = _regions(regions)
+            faults = _faults(fault)
             server_ca = pin_server_ca(server.rstrip("/"), ca_file, ca_hash)
         except ValueError as exc:
             raise fail(str(exc)) from exc
@@ -114,6 +131,7 @@ def register(app: typer.Typer) -> None:
             labels=extra,
             profile=profile,
             start_rate=start_rate,
+            faults=faults,
         )
         err.print(
             f"simulating {sites} sites against {config.server} ({config.processes} process(es); "

@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from fleetplane.controllers.os_sections import OsContributor
+from fleetplane.controllers.policy_sections import NetworkPolicyContributor, ServicePolicyContributor
 from fleetplane.core.objects import Obj
 from fleetplane.core.quantity import QuantityError, cpu_millis, memory_bytes
 from fleetplane.kinds.intents import SHARED_NAMESPACE, parse_ref
@@ -82,7 +84,9 @@ class SectionRegistry:
         return [self._by_kind[k] for k in self.kinds]
 
 
-SECTIONS = SectionRegistry((ReservationContributor(),))
+SECTIONS = SectionRegistry(
+    (ReservationContributor(), NetworkPolicyContributor(), ServicePolicyContributor(), OsContributor())
+)
 
 
 def targets_of(tenant: str, intent: Obj) -> set[VsKey]:

@@ -10,6 +10,9 @@ from fleetplane.kinds.onboarding import (
     REGISTRATION_TOKEN,
     TRUSTED_MANUFACTURER,
 )
+from fleetplane.kinds.os_upgrade import OS_UPGRADE, OS_UPGRADE_KINDS, OS_VERSION
+from fleetplane.kinds.policy import NETWORK_POLICY, POLICY_KINDS, SERVICE_POLICY
+from fleetplane.kinds.rollout import ROLLOUT
 from fleetplane.kinds.secret import SECRET
 from fleetplane.kinds.site import SITE
 from fleetplane.kinds.virtualsite import VIRTUAL_SITE
@@ -29,6 +32,9 @@ def build_registry() -> KindRegistry:
         SECRET,
         SITE_MANIFEST,
         *INTENT_KINDS,
+        *POLICY_KINDS,
+        *OS_UPGRADE_KINDS,
+        ROLLOUT,
     ):
         registry.register(info)
     return registry
@@ -40,11 +46,18 @@ __all__ = [
     "ACCESS_KEY",
     "CERTIFICATE_AUTHORITY",
     "INTENT_KINDS",
+    "NETWORK_POLICY",
+    "OS_UPGRADE",
+    "OS_UPGRADE_KINDS",
+    "OS_VERSION",
+    "POLICY_KINDS",
     "REGISTRATION",
     "REGISTRATION_TOKEN",
     "REGISTRY",
     "RESOURCE_RESERVATION",
+    "ROLLOUT",
     "SECRET",
+    "SERVICE_POLICY",
     "SITE",
     "SITE_MANIFEST",
     "TENANT",

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from fleetplane.core.registry import Column, KindInfo, Scope
 from fleetplane.kinds.common import Condition, Schema
+from fleetplane.kinds.os_upgrade import SiteOsStatus
 
 
 class Coordinates(Schema):
@@ -107,6 +108,8 @@ class SiteStatus(Schema):
     usage: Usage | None = None
     allocatable: Allocatable | None = None
     policyHits: dict[str, int] | None = None
+    # The OS: running and target version, A/B slots, last upgrade outcome (kinds/os_upgrade.py).
+    os: SiteOsStatus | None = None
 
 
 SITE = KindInfo(

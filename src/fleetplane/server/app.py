@@ -17,6 +17,7 @@ import fleetplane
 from fleetplane.controllers.liveness import LivenessController
 from fleetplane.controllers.manifests import ManifestController
 from fleetplane.controllers.membership import MembershipController
+from fleetplane.controllers.policy_hits import PolicyHitsController
 from fleetplane.core.errors import ApiError, Cause
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
@@ -105,9 +106,10 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
             liveness = ctx.extras["liveness"] = LivenessController(
                 the_store, hub, offline_after=settings.offline_after
             )
+            policy_hits = ctx.extras["policy_hits"] = PolicyHitsController(the_store, hub)
 
             async def run_controllers() -> None:
-                await asyncio.gather(membership.run(), manifests.run(), liveness.run())
+                await asyncio.gather(membership.run(), manifests.run(), liveness.run(), policy_hits.run())
 
             tasks.append(asyncio.create_task(_leader_loop(ctx, run_controllers), name="controllers"))
         try:

@@ -14,6 +14,7 @@ from fleetplane.core.errors import forbidden
 from fleetplane.core.objects import Obj
 from fleetplane.core.registry import KindInfo
 from fleetplane.kinds import ACCESS_KEY, REGISTRATION_TOKEN, SITE, TENANT
+from fleetplane.server.admission import check_references
 from fleetplane.server.auth import Principal, mint_key
 from fleetplane.server.context import ServerContext
 
@@ -55,6 +56,7 @@ def before_write(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj, c
             raise forbidden(f"{who.describe()} cannot grant system access")
         if _is_system_key(current):
             raise forbidden(f"{who.describe()} cannot change a system key")
+    check_references(ctx, who.tenant, info, obj, current)
     if current is not None:
         obj = _keep_server_fields(info, obj, current)
     if info is SITE and current is not None:

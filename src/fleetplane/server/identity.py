@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import secrets
@@ -80,6 +81,10 @@ class IdentityService:
         self._guard = threading.Lock()
         self._on_trust = on_trust
         self._nonce_key: bytes | None = None
+        # Certificates whose chain and form were checked, by SHA-256 of the DER: a site
+        # presents the same one on every call. Entries hold the authority that checked them,
+        # so a rebuilt authority (new CRL, rotation) checks again.
+        self._verified: dict[bytes, _Verified] = {}
 
     # ----------------------------------------------------------------- loading
 
@@ -289,8 +294,39 @@ class IdentityService:
 
     # ----------------------------------------------------------------- verification
 
+    def verified_before(self, der: bytes) -> tuple[str, str, int] | None:
+        """(tenant, site, serial) of a certificate that passed :meth:`verify_site_cert` and
+        is still in its window, unrevoked, under the same authority; None otherwise (then
+        call :meth:`verify_site_cert`, which may read the store). Never blocks."""
+        digest = hashlib.sha256(der).digest()
+        seen = self._verified.get(digest)
+        if seen is None:
+            return None
+        current = self._cache.get(seen.tenant)
+        if (
+            current is not None
+            and current.authority is seen.authority
+            and dt.datetime.now(dt.UTC) < seen.not_after
+            and not seen.authority.is_revoked(seen.serial)
+        ):
+            return seen.tenant, seen.site, seen.serial
+        self._verified.pop(digest, None)  # the full check says why, or admits it again
+        return None
+
     def verify_site_cert(self, der: bytes) -> tuple[str, str, int]:
         """(tenant, site, serial) of a presented site certificate, or 401 saying why not."""
+        seen = self.verified_before(der)
+        if seen is not None:
+            return seen
+        digest = hashlib.sha256(der).digest()
+        tenant, site, serial, authority, not_after = self._verify_fully(der)
+        with self._guard:  # callers run on worker threads
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))  # oldest first (insertion order)
+            self._verified[digest] = _Verified(tenant, site, serial, authority, not_after)
+        return tenant, site, serial
+
+    def _verify_fully(self, der: bytes) -> tuple[str, str, int, TenantAuthority, dt.datetime]:
         try:
             cert = x509.load_der_x509_certificate(der)
             uris = spiffe_uris(cert)
@@ -308,7 +344,7 @@ class IdentityService:
             raise unauthorized(
                 f"Unauthorized: site certificate refused ({exc.reason}): {exc.message}"
             ) from None
-        return tenant, site, cert.serial_number
+        return tenant, site, cert.serial_number, authority, cert.not_valid_after_utc
 
     # ----------------------------------------------------------------- the nonce key
 
@@ -329,6 +365,18 @@ class IdentityService:
             obj = self.store.get("", SECRET.kind, SYSTEM_NAMESPACE, NONCE_SECRET)
         self._nonce_key = env.open_text(obj["spec"]["data"]["key"], context=ctx_bytes)
         return self._nonce_key
+
+
+VERIFIED_CACHE_SIZE = 100_000  # ~150 B each; more sites than this only costs re-checks
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    tenant: str
+    site: str
+    serial: int
+    authority: TenantAuthority
+    not_after: dt.datetime
 
 
 def identity(ctx: ServerContext) -> IdentityService:

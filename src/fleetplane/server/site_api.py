@@ -28,7 +28,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from fleetplane.core.errors import ApiError, Cause, bad_request, forbidden, invalid, unauthorized
-from fleetplane.core.objects import Obj, now_rfc3339
+from fleetplane.core.objects import Obj
 from fleetplane.identity.pki import IdentityError, check_issued_by, check_window, public_key_from_request
 from fleetplane.kinds import REGISTRATION, SITE, TRUSTED_MANUFACTURER
 from fleetplane.server.context import ServerContext
@@ -44,6 +44,7 @@ from fleetplane.server.onboarding import (
     registration_name,
 )
 from fleetplane.server.requests import JsonResponse, read_object
+from fleetplane.server.site_status import status_writer, validated_status
 
 PREFIX = "/site-api/v1"
 NONCE_LIFETIME = 300
@@ -213,7 +214,9 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
             # accept it under another name); the certificate signed for it is never handed out.
             if batch.get_or_none(tenant, SITE.kind, "", site_obj["metadata"]["name"]) is None:
                 created = record_accept(ctx, batch, tenant, created, site_obj, issued)
-    return {"name": name, "phase": created["status"]["phase"], "pollToken": secret}
+    # An auto-accepted registration answers with the certificate at once (as a poll would),
+    # so the agent needs no poll round trip; the poll token still works for a retry.
+    return {"name": name, "pollToken": secret, **_answer(created)}
 
 
 @router.post("/registrations")
@@ -292,35 +295,29 @@ async def get_site(request: Request) -> JsonResponse:
     return JsonResponse(SITE.redact(site))
 
 
-def _update_status(ctx: ServerContext, tenant: str, site: Obj, wanted: dict[str, Any]) -> Obj:
-    if wanted.get("phase") == "Decommissioned":
-        raise forbidden("Forbidden: a site cannot decommission itself; the operator does")
-    # Phase and lastSeen are the server's to say: a site that reports is Online (it cannot
-    # call itself Offline), and its clock may be skewed, so lastSeen is the server's time.
-    wanted = {**wanted, "phase": "Online", "lastSeen": now_rfc3339()}
-    for _ in range(RETRIES):
-        status = {**wanted, "identity": (site.get("status") or {}).get("identity")}
-        if not status["identity"]:
-            status.pop("identity")
-        obj = SITE.normalize({**site, "status": status})
-        obj["metadata"] = site["metadata"]
-        try:
-            return ctx.store.update(tenant, obj, part="status")
-        except ApiError as exc:
-            if exc.reason != "Conflict":
-                raise
-        site = ctx.store.get(tenant, SITE.kind, "", site["metadata"]["name"])
-    raise ApiError(409, "Conflict", "the site changed too often; try again")
+async def authenticated_identity(request: Request) -> tuple[ServerContext, str, str, str]:
+    """(ctx, tenant, site, serial hex) from the client certificate alone: for calls that check
+    the Site itself inside their own transaction (status reports), so the common case
+    reads nothing and does not leave the event loop."""
+    ctx = _ctx(request)
+    der = peer_certificate(request)
+    service = identity(ctx)
+    known = service.verified_before(der)
+    if known is None:
+        known = await asyncio.to_thread(service.verify_site_cert, der)
+    tenant, name, serial = known
+    return ctx, tenant, name, f"{serial:x}"
 
 
 @router.put("/site/status")
 async def put_status(request: Request) -> JsonResponse:
-    ctx, tenant, site = await authenticated_site(request)
+    ctx, tenant, name, serial = await authenticated_identity(request)
     body = await read_object(request)
     wanted = body.get("status")
     if not isinstance(wanted, dict):
         raise bad_request("status must be an object", [Cause("status", "must be an object")])
-    return JsonResponse(SITE.redact(await asyncio.to_thread(_update_status, ctx, tenant, site, wanted)))
+    status = validated_status(name, wanted)
+    return JsonResponse(SITE.redact(await status_writer(ctx).submit(tenant, name, serial, status)))
 
 
 def renew(ctx: ServerContext, tenant: str, site: Obj, csr: str) -> str:

@@ -111,12 +111,18 @@ class SimulateConfig:
     start_rate: float = 200.0  # agent cores started per second (per process)
     summary_every: float = 10.0
     durable: bool = False  # fsync manifest.json (a real site does; a simulated one need not)
+    faults: tuple[str, ...] = ()  # injected into every site at start, e.g. "install_failure:count=1"
 
 
-def make_driver(plan: SitePlan, profile: str) -> Driver:
+def make_driver(plan: SitePlan, profile: str, faults: Sequence[str] = ()) -> Driver:
     from fleetplane.agent.drivers.sim import SimDriver, SimSite
+    from fleetplane.agent.drivers.simmodel.faults import parse_fault
 
-    return SimDriver(SimSite(plan.seed, plan.name, plan.labels, profile=profile))
+    site = SimSite(plan.seed, plan.name, plan.labels, profile=profile)
+    for fault in faults:
+        name, params = parse_fault(fault)
+        site.inject(name, **params)
+    return SimDriver(site)
 
 
 async def site_facts(plan: SitePlan, driver: Driver) -> dict[str, Any]:
@@ -277,7 +283,7 @@ class FleetRunner:
         run = SimSiteRun(plan)
         self.runs.append(run)
         try:
-            driver = make_driver(plan, cfg.profile)
+            driver = make_driver(plan, cfg.profile, cfg.faults)
             facts = await site_facts(plan, driver)
             async with sem:
                 ident = await onboard_site(cfg, plan, facts, anon)

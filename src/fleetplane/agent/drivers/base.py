@@ -14,7 +14,7 @@ import time
 from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = ["Allocatable", "Clock", "Driver", "ItemState", "ItemStatus", "NodeInfo", "Observation"]
-__all__ += ["NodeRole", "RealClock", "Usage", "VirtualClock"]
+__all__ += ["NodeRole", "OsInfo", "RealClock", "Usage", "VirtualClock"]
 
 ItemState = Literal["Applied", "Failed", "InProgress"]
 NodeRole = Literal["controller", "worker", "storage"]
@@ -90,6 +90,26 @@ class Allocatable:
 
 
 @dataclasses.dataclass(frozen=True)
+class OsInfo:
+    """The site's OS: the running version, the version its manifest asks for, the A/B slots
+    and the outcome of the last upgrade attempt (``Site.status.os``)."""
+
+    current: str | None
+    target: str | None = None
+    state: str = "Idle"
+    slots: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    active: str | None = None
+    running: str | None = None
+    last_result: dict[str, Any] | None = None  # {version, outcome, reason?, at?}
+
+    def to_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"current": self.current, "target": self.target, "state": self.state}
+        out |= {"slots": dict(self.slots), "active": self.active, "running": self.running}
+        out["lastResult"] = self.last_result
+        return {k: v for k, v in out.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True)
 class Observation:
     """One look at the site. ``now`` is the site's own clock (skew included), in
     seconds since the epoch; the agent core turns it into ``lastSeen``."""
@@ -100,6 +120,7 @@ class Observation:
     os_version: str | None
     policy_hits: dict[str, int] = dataclasses.field(default_factory=dict)
     now: float = 0.0
+    os: OsInfo | None = None
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -111,6 +132,8 @@ class Observation:
         }
         if self.os_version is not None:
             out["osVersion"] = self.os_version
+        if self.os is not None:
+            out["os"] = self.os.to_status()
         return out
 
 

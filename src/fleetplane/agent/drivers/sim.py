@@ -8,9 +8,10 @@ faults. Everything moves on one event time line read from ``clock``, so the same
 seed, the same calls and the same clock steps give the same observations.
 ``SimDriver(site)`` is the ``Driver`` the agent core runs.
 
-Manifest sections applied today: ``reservations``. The other models are driven
-directly (``site.workloads``, ``site.os``, ``site.set_policy``) until their sections
-exist.
+Manifest sections applied today: ``reservations``, ``networkPolicies`` and
+``servicePolicies`` (flows and HTTP requests counted per rule, ``simmodel.traffic`` and
+``simmodel.services``); ``os`` upgrades the A/B slots (``simmodel.os_section``). The
+workloads model is driven directly (``site.workloads``) until its section exists.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ from fleetplane.agent.drivers.base import Allocatable, Clock, ItemStatus, Observ
 from fleetplane.agent.drivers.simmodel.engine import EventQueue, derived_random
 from fleetplane.agent.drivers.simmodel.faults import FAULTS, ActiveFault, Faults
 from fleetplane.agent.drivers.simmodel.nodes import Node, Reservation, generate_nodes, reserve
+from fleetplane.agent.drivers.simmodel.os_section import OsSection
 from fleetplane.agent.drivers.simmodel.os_slots import OsSlots
+from fleetplane.agent.drivers.simmodel.policy_sections import merged_hits, network_policies, service_policies
 from fleetplane.agent.drivers.simmodel.profile import PROFILES, SiteProfile, resolve_profile
+from fleetplane.agent.drivers.simmodel.services import ServicePolicy, ServiceTrafficModel
 from fleetplane.agent.drivers.simmodel.traffic import NetworkPolicy, TrafficModel
 from fleetplane.agent.drivers.simmodel.usage import site_usage
 from fleetplane.agent.drivers.simmodel.workloads import (
@@ -38,7 +42,7 @@ from fleetplane.core.selectors import Selector, parse_selector
 __all__ = ["FAULTS", "PROFILES", "SUPPORTED_SECTIONS", "SimDriver", "SimSite", "SiteProfile"]
 __all__ += ["clear_where", "inject_where", "select_sites"]
 
-SUPPORTED_SECTIONS = ("reservations",)
+SUPPORTED_SECTIONS = ("reservations", "networkPolicies", "servicePolicies", "os")
 
 
 class SimSite:
@@ -78,7 +82,9 @@ class SimSite:
             set_ready=self._set_ready,
             scale=self._slow,
         )
+        self.os_section = OsSection(self.os)  # the manifest's os section on the slots
         self.traffic = TrafficModel((seed, name), self.start, rate=p.traffic_per_s)
+        self.services = ServiceTrafficModel((seed, name), self.start, rate=p.traffic_per_s)
 
     def __repr__(self) -> str:
         return f"SimSite({self.name!r}, nodes={len(self.nodes)}, labels={self.labels})"
@@ -90,6 +96,7 @@ class SimSite:
         now = self.clock.now()
         self.queue.run_until(now)
         self.traffic.advance(now)
+        self.services.advance(now)
         return now
 
     def now(self) -> float:
@@ -152,6 +159,12 @@ class SimSite:
     def set_policy(self, policy: NetworkPolicy | None) -> None:
         self.traffic.set_policy(policy, self.advance())
 
+    def set_network_policies(self, policies: Sequence[NetworkPolicy]) -> None:
+        self.traffic.set_policies(policies, self.advance())
+
+    def set_service_policies(self, policies: Sequence[ServicePolicy]) -> None:
+        self.services.set_policies(policies, self.advance())
+
     def allocatable(self) -> Allocatable:
         return Allocatable(
             sum(n.allocatable_cpu for n in self.nodes), sum(n.allocatable_memory for n in self.nodes)
@@ -166,7 +179,8 @@ class SimSite:
             ),
             allocatable=self.allocatable(),
             os_version=self.os.version,
-            policy_hits=dict(self.traffic.hits),
+            os=self.os_section.info(),
+            policy_hits=merged_hits(self.traffic.hits, self.services.hits),
             now=now + self.faults.skew(now),
         )
 
@@ -228,6 +242,8 @@ class SimDriver:
             items.append(self._apply_reservations(sections["reservations"]))
         else:
             self.site.reserve(0, 0)
+        items += self._apply_policies(sections)
+        items += self.site.os_section.apply(sections.get("os"), self.site.advance())
         for section in sorted(set(sections) - set(SUPPORTED_SECTIONS)):
             items.append(
                 ItemStatus(section, section, "Failed", f"the sim driver does not support section {section!r}")
@@ -241,6 +257,14 @@ class SimDriver:
         if why := self.site.reserve(*parsed):
             return ItemStatus("reservations", "reservations", "Failed", why)
         return ItemStatus("reservations", "reservations", "Applied")
+
+    def _apply_policies(self, sections: Mapping[str, Any]) -> list[ItemStatus]:
+        """Both policy sections; one absent removes its policies (and their counters)."""
+        network, items = network_policies(sections)
+        service, more = service_policies(sections)
+        self.site.set_network_policies(network)
+        self.site.set_service_policies(service)
+        return items + more
 
     async def observe(self) -> Observation:
         await self.site.clock.sleep(self.site.latency(self.site.profile.observe_latency_s))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["FAULTS", "ActiveFault", "FaultError", "Faults"]
+__all__ = ["FAULTS", "ActiveFault", "FaultError", "Faults", "parse_fault"]
 
 FAULTS = ("connectivity_loss", "slow", "install_failure", "clock_skew")
 
@@ -96,3 +96,23 @@ class Faults:
             else:
                 active.params["count"] = count - 1
         return str(active.params["reason"])
+
+
+def parse_fault(text: str) -> tuple[str, dict[str, Any]]:
+    """``"install_failure:stage=health_check,count=1"`` -> ``("install_failure", {...})``
+    (numbers become numbers); refused like ``Faults.inject`` refuses it."""
+    name, _, rest = text.strip().partition(":")
+    params: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FaultError(f"fault {name}: expected key=value, not {pair!r}")
+        try:
+            params[key] = int(value)
+        except ValueError:
+            try:
+                params[key] = float(value)
+            except ValueError:
+                params[key] = value
+    Faults().inject(name, 0.0, **params)  # refuse an unknown fault or parameter now
+    return name, params

@@ -1,8 +1,9 @@
 """Network policy and the traffic it sees: ordered egress/ingress rules that allow or
 deny by domain (exact, or ``*.suffix`` for subdomains only), CIDR, protocol and port,
 with a default action; a seeded generator produces a fixed number of flows per
-simulated second from a weighted catalogue, and every flow counts one hit, on the
-first rule it matches or on ``<policy>/default``."""
+simulated second from a weighted catalogue, and every flow counts one hit in each
+policy that governs its direction, on the first rule it matches or on the policy's
+default counter (``<policy>/default`` unless the policy names another)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,9 @@ class Flow:
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """Matches flows of its direction whose protocol (``any``), port (none listed:
-    any) and peer (a listed domain or CIDR; none listed: any) match."""
+    """Matches flows of its direction whose protocol (``any``), port (in ``ports`` or
+    an inclusive ``port_ranges`` range; none listed: any) and peer (a listed domain or
+    CIDR; none listed: any) match."""
 
     name: str
     direction: Direction
@@ -69,6 +71,7 @@ class Rule:
     cidrs: tuple[str, ...] = ()
     protocol: str = "any"
     ports: tuple[int, ...] = ()
+    port_ranges: tuple[tuple[int, int], ...] = ()
     _nets: tuple[IpNetwork, ...] = dataclasses.field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,7 +85,9 @@ class Rule:
             return False
         if self.protocol not in ("any", flow.protocol):
             return False
-        if self.ports and flow.port not in self.ports:
+        if (self.ports or self.port_ranges) and not (
+            flow.port in self.ports or any(lo <= flow.port <= hi for lo, hi in self.port_ranges)
+        ):
             return False
         if not self.domains and not self._nets:
             return True
@@ -94,21 +99,33 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class NetworkPolicy:
+    """Governs the flows of ``directions`` only; a flow no rule matches counts on
+    ``<name>/<default_rule>`` and meets ``default_action``."""
+
     name: str
     rules: tuple[Rule, ...] = ()
     default_action: PolicyAction = "deny"
+    directions: tuple[Direction, ...] = ("egress", "ingress")
+    default_rule: str = "default"
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rules]
-        if len(set(names)) != len(names) or "default" in names:
-            raise ValueError(f"policy {self.name}: rule names must be unique and not 'default'")
+        if len(set(names)) != len(names) or {"default", self.default_rule} & set(names):
+            raise ValueError(f"policy {self.name}: rule names must be unique and not {self.default_rule!r}")
+
+    def governs(self, flow: Flow) -> bool:
+        return flow.direction in self.directions
+
+    def hit_keys(self) -> list[str]:
+        """Every hit counter key of this policy."""
+        return [f"{self.name}/{r.name}" for r in self.rules] + [f"{self.name}/{self.default_rule}"]
 
     def evaluate(self, flow: Flow) -> tuple[str, PolicyAction]:
         """The hit counter key (``<policy>/<rule>``) and action of the first matching rule."""
         for rule in self.rules:
             if rule.matches(flow):
                 return f"{self.name}/{rule.name}", rule.action
-        return f"{self.name}/default", self.default_action
+        return f"{self.name}/{self.default_rule}", self.default_action
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +149,9 @@ DEFAULT_CATALOGUE: tuple[Endpoint, ...] = (
     Endpoint("egress", "8.8.8.8", "udp", 53, None, 15),
     Endpoint("egress", "52.216.0.0/15", "tcp", 443, "fleet-data.s3.amazonaws.com", 10),
     Endpoint("egress", "140.82.112.3", "tcp", 443, "github.com", 5),
+    Endpoint("egress", "140.82.112.6", "tcp", 443, "api.github.com", 4),
+    Endpoint("egress", "140.82.112.9", "tcp", 443, "codeload.github.com", 2),
+    Endpoint("egress", "8.8.4.4", "icmp", 0, None, 2),
     Endpoint("egress", "203.0.113.0/24", "tcp", 8080, None, 3),
     Endpoint("ingress", "10.0.0.0/8", "tcp", 443, None, 10),
     Endpoint("ingress", "192.168.0.0/16", "tcp", 22, None, 2),
@@ -163,23 +183,33 @@ class TrafficModel:
         self.seed, self.start, self.rate = seed, start, rate
         self.catalogue = tuple(catalogue)
         self._cum = list(itertools.accumulate(e.weight for e in self.catalogue))
-        self.policy: NetworkPolicy | None = None
+        self.policies: tuple[NetworkPolicy, ...] = ()
         self.hits: dict[str, int] = {}
         self.generated = 0  # since start
-        self.evaluated = 0  # since the policy was last set
+        self.evaluated = 0  # flows seen by at least one policy, since the policies were last set
         self.recent: collections.deque[tuple[Flow, str, PolicyAction]] = collections.deque(maxlen=keep)
         self._second = 0
 
+    @property
+    def policy(self) -> NetworkPolicy | None:
+        return self.policies[0] if self.policies else None
+
     def set_policy(self, policy: NetworkPolicy | None, now: float) -> None:
-        """Flows up to ``now`` meet the old policy; a different policy starts its
-        counters at zero."""
+        self.set_policies(() if policy is None else (policy,), now)
+
+    def set_policies(self, policies: Sequence[NetworkPolicy], now: float) -> None:
+        """Flows up to ``now`` meet the old policies; a policy not in force before (or
+        changed) starts its counters at zero, one unchanged keeps counting (monotonic)."""
         self.advance(now)
-        if policy != self.policy:
-            self.policy, self.hits, self.evaluated = policy, {}, 0
-            if policy is not None:
-                for rule in policy.rules:
-                    self.hits[f"{policy.name}/{rule.name}"] = 0
-                self.hits[f"{policy.name}/default"] = 0
+        policies = tuple(policies)
+        if policies == self.policies:
+            return
+        kept = set(self.policies)
+        hits: dict[str, int] = {}
+        for policy in policies:
+            for key in policy.hit_keys():
+                hits[key] = self.hits.get(key, 0) if policy in kept else 0
+        self.policies, self.hits, self.evaluated = policies, hits, 0
 
     def flows_in_second(self, k: int) -> list[Flow]:
         count = math.floor((k + 1) * self.rate) - math.floor(k * self.rate)
@@ -199,9 +229,12 @@ class TrafficModel:
 
     def observe(self, flow: Flow) -> None:
         self.generated += 1
-        if self.policy is None:
-            return
-        key, action = self.policy.evaluate(flow)
-        self.hits[key] = self.hits.get(key, 0) + 1
-        self.evaluated += 1
-        self.recent.append((flow, key, action))
+        seen = False
+        for policy in self.policies:
+            if not policy.governs(flow):
+                continue
+            key, action = policy.evaluate(flow)
+            self.hits[key] = self.hits.get(key, 0) + 1
+            self.recent.append((flow, key, action))
+            seen = True
+        self.evaluated += int(seen)

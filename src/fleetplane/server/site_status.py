@@ -1,0 +1,128 @@
+"""Site status reports, written in batches.
+
+Every connected site reports on change and as a heartbeat; written one transaction each,
+a fan-out to N sites costs N durable commits in a row. The writer instead takes every
+report that arrived while the previous batch was being written and writes them in ONE
+transaction (group commit): no added delay when reports are rare, one commit for many
+when they arrive together. Each report still answers only after its batch committed.
+
+The checks that admit a report (the site exists, is not decommissioned, and the
+certificate's serial is its current one) run again inside the batch's transaction, so
+a revocation committed just before is never overwritten by a late report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from fleetplane.core.errors import ApiError, forbidden, invalid, unauthorized
+from fleetplane.core.objects import Obj, now_rfc3339
+from fleetplane.core.registry import causes_from_pydantic
+from fleetplane.core.store import StoreBatch
+from fleetplane.kinds import SITE
+from fleetplane.server.context import ServerContext
+
+MAX_BATCH = 1000  # reports per transaction: bounds one commit's time and the event batch
+
+
+@dataclass(slots=True)
+class _Report:
+    tenant: str
+    site: str
+    serial: str
+    status: dict[str, Any]
+    done: asyncio.Future[Obj]
+
+
+def validated_status(site: str, wanted: dict[str, Any]) -> dict[str, Any]:
+    """The reported status checked against the Site schema (422 naming the field), with
+    what is the server's to say: a site that reports is Online (it cannot call itself
+    Offline or decommission itself), and ``lastSeen`` is the server's clock, not the site's."""
+    if wanted.get("phase") == "Decommissioned":
+        raise forbidden("Forbidden: a site cannot decommission itself; the operator does")
+    wanted = {**wanted, "phase": "Online", "lastSeen": now_rfc3339()}
+    wanted.pop("identity", None)  # the server's record of the certificate, never the site's
+    assert SITE.status_model is not None
+    try:
+        parsed = SITE.status_model.model_validate(wanted)
+    except ValidationError as exc:
+        raise invalid(SITE.kind, site, causes_from_pydantic(exc, "status")) from None
+    return parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class StatusWriter:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self._pending: list[_Report] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0  # transactions written (for tests and metrics)
+
+    async def submit(self, tenant: str, site: str, serial: str, status: dict[str, Any]) -> Obj:
+        """Write a validated status for the site whose current certificate has ``serial``;
+        returns the updated Site once its batch committed."""
+        done: asyncio.Future[Obj] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Report(tenant, site, serial, status, done))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="site-status-writer")
+        return await done
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+                try:
+                    results = await asyncio.to_thread(self._write, batch)
+                except Exception as exc:  # the transaction failed: every report in it did
+                    results = [exc] * len(batch)
+                self.batches += 1
+                for report, result in zip(batch, results, strict=True):
+                    if report.done.done():
+                        continue  # the caller went away
+                    if isinstance(result, BaseException):
+                        report.done.set_exception(result)
+                    else:
+                        report.done.set_result(result)
+
+    def _write(self, batch: list[_Report]) -> list[Obj | BaseException]:
+        out: list[Obj | BaseException] = []
+        with self.ctx.store.batch() as tx:
+            for report in batch:
+                try:
+                    out.append(_write_one(tx, report))
+                except ApiError as exc:  # refused for this site only; the others go on
+                    out.append(exc)
+        return out
+
+
+def _write_one(tx: StoreBatch, report: _Report) -> Obj:
+    site = tx.get_or_none(report.tenant, SITE.kind, "", report.site)
+    if site is None:
+        raise unauthorized(f'Unauthorized: site "{report.site}" no longer exists; its certificate is revoked')
+    current = site.get("status") or {}
+    if current.get("phase") == "Decommissioned":
+        raise unauthorized(
+            f'Unauthorized: site "{report.site}" is decommissioned; its certificate is revoked'
+        )
+    identity = current.get("identity") or {}
+    if identity.get("serial") != report.serial:
+        raise unauthorized(
+            f"Unauthorized: certificate {report.serial} is not the current certificate of site "
+            f'"{report.site}" (superseded or revoked)'
+        )
+    status = {**report.status, "identity": identity} if identity else report.status
+    return tx.update(report.tenant, {**site, "status": status}, part="status")
+
+
+def status_writer(ctx: ServerContext) -> StatusWriter:
+    writer = ctx.extras.get("status_writer")
+    if not isinstance(writer, StatusWriter):
+        writer = ctx.extras["status_writer"] = StatusWriter(ctx)
+    return writer

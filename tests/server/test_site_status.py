@@ -1,0 +1,94 @@
+"""Site status reports are written in batches (group commit), and each report is still
+admitted only for the site's current certificate, inside the batch's transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetplane.core.errors import ApiError
+from fleetplane.core.store import Store, open_store
+from fleetplane.core.watch import WatchHub
+from fleetplane.kinds import REGISTRY, SITE
+from fleetplane.server.context import ServerContext, ServerSettings
+from fleetplane.server.site_status import StatusWriter, validated_status
+
+
+@pytest.fixture
+def ctx(store_url: str, tmp_path: Path) -> Iterator[ServerContext]:
+    store: Store = open_store(store_url)
+    yield ServerContext(ServerSettings(data_dir=tmp_path), store, REGISTRY, WatchHub(store))
+    store.close()
+
+
+def add_site(ctx: ServerContext, name: str, serial: str, phase: str = "Online") -> None:
+    created = ctx.store.create("acme", SITE.normalize({"metadata": {"name": name}, "spec": {}}))
+    created["status"] = {"phase": phase, "identity": {"serial": serial}}
+    ctx.store.update("acme", created, part="status")
+
+
+def report(software: str) -> dict[str, object]:
+    return validated_status("x", {"softwareVersion": software, "phase": "Offline"})
+
+
+def test_concurrent_reports_share_one_commit_and_each_lands(ctx: ServerContext) -> None:
+    for i in range(50):
+        add_site(ctx, f"s{i}", f"a{i}")
+    writer = StatusWriter(ctx)
+    before = ctx.store.revision()
+
+    async def all_reports() -> list[dict[str, object]]:
+        return await asyncio.gather(
+            *(writer.submit("acme", f"s{i}", f"a{i}", report(f"v{i}")) for i in range(50))
+        )
+
+    results = asyncio.run(all_reports())
+    assert writer.batches == 1  # 50 reports, one transaction
+    assert ctx.store.revision() == before + 50  # one revision per report, in order
+    for i, site in enumerate(results):
+        stored = ctx.store.get("acme", "Site", "", f"s{i}")
+        assert stored["status"]["softwareVersion"] == f"v{i}" == site["status"]["softwareVersion"]
+        # the server's to say: Online (not the Offline the site claimed), its own clock,
+        # and the certificate record kept
+        assert stored["status"]["phase"] == "Online" and stored["status"]["lastSeen"]
+        assert stored["status"]["identity"] == {"serial": f"a{i}"}
+
+
+def test_a_refused_report_does_not_sink_its_batch(ctx: ServerContext) -> None:
+    add_site(ctx, "good", "g1")
+    add_site(ctx, "renewed", "r2")
+    add_site(ctx, "retired", "t1", phase="Decommissioned")
+    writer = StatusWriter(ctx)
+
+    async def reports() -> list[object]:
+        return await asyncio.gather(
+            writer.submit("acme", "good", "g1", report("ok")),
+            writer.submit("acme", "renewed", "r1", report("stale")),  # superseded certificate
+            writer.submit("acme", "retired", "t1", report("late")),
+            writer.submit("acme", "gone", "x1", report("ghost")),
+            return_exceptions=True,
+        )
+
+    good, renewed, retired, gone = asyncio.run(reports())
+    assert isinstance(good, dict) and good["status"]["softwareVersion"] == "ok"
+    for refused, why in (
+        (renewed, "not the current certificate"),
+        (retired, "decommissioned"),
+        (gone, "no longer exists"),
+    ):
+        assert isinstance(refused, ApiError) and refused.code == 401 and why in refused.message
+    assert "softwareVersion" not in (ctx.store.get("acme", "Site", "", "renewed")["status"])
+    assert ctx.store.get("acme", "Site", "", "retired")["status"]["phase"] == "Decommissioned"
+    assert ctx.store.get_or_none("acme", "Site", "", "gone") is None
+
+
+def test_a_site_cannot_decommission_itself_or_send_a_bad_field() -> None:
+    with pytest.raises(ApiError) as refused:
+        validated_status("s1", {"phase": "Decommissioned"})
+    assert refused.value.code == 403 and "decommission" in refused.value.message
+    with pytest.raises(ApiError) as bad:
+        validated_status("s1", {"nodeCount": "many"})
+    assert bad.value.code == 422 and "status.nodeCount" in bad.value.message
