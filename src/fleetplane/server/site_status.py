@@ -26,7 +26,7 @@ from fleetplane.core.store import StoreBatch
 from fleetplane.kinds import SITE
 from fleetplane.server.context import ServerContext
 
-MAX_BATCH = 1000  # reports per transaction: bounds one commit's time and the event batch
+MAX_BATCH = 256  # reports per transaction: bounds the write lock's hold and lets batches pipeline
 
 
 @dataclass(slots=True)

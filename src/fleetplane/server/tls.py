@@ -61,6 +61,9 @@ def ssl_context_factory(
     def factory(config: Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
         context = default()
         context.verify_mode = ssl.CERT_OPTIONAL
+        # No TLS 1.3 session tickets: agents keep one long-lived connection and do not
+        # resume, and a ticket per handshake (carrying the client chain) costs CPU and memory.
+        context.num_tickets = 0
         trust.attach(context)
         return context
 

@@ -15,8 +15,9 @@ from fleetplane.controllers.rollout.engine import (
     revision_for,
     step,
 )
-from fleetplane.controllers.rollout.state import PHASES, SITE_STATES, Phase, RolloutState
+from fleetplane.controllers.rollout.state import PHASES, SITE_STATES, RolloutState
 from fleetplane.controllers.rollout.strategy import Strategy
+from fleetplane.kinds.rollout import Phase
 
 __all__ = [
     "ACTIONS",

@@ -20,13 +20,13 @@ from fleetplane.controllers.rollout.state import (
     COUNT_KEYS,
     SITE_DONE,
     Comparison,
-    Phase,
     RolloutState,
     SiteRecord,
     WaveRecord,
     empty_counts,
 )
 from fleetplane.controllers.rollout.strategy import Strategy
+from fleetplane.kinds.rollout import Phase
 
 Action = Literal["pause", "resume", "abort", "promote", "rollback"]
 ACTIONS: tuple[Action, ...] = ("pause", "resume", "abort", "promote", "rollback")

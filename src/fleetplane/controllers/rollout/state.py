@@ -9,45 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-Phase = Literal[
-    "Pending",
-    "Progressing",
-    "Paused",
-    "Soaking",
-    "Completed",
-    "Failed",
-    "Aborted",
-    "RollingBack",
-    "RolledBack",
-]
-PHASES: tuple[Phase, ...] = (
-    "Pending",
-    "Progressing",
-    "Paused",
-    "Soaking",
-    "Completed",
-    "Failed",
-    "Aborted",
-    "RollingBack",
-    "RolledBack",
-)
+from fleetplane.kinds.rollout import Phase, SiteState
+
+# The names live with the Rollout kind (its status schema); the engine uses the same ones.
+PHASES: tuple[Phase, ...] = get_args(Phase)
 # Phases in which nothing more goes out unless the operator rolls back.
 STOPPED: frozenset[str] = frozenset({"Completed", "Failed", "Aborted", "RolledBack"})
 
-SiteStateName = Literal[
-    "Pending", "InProgress", "Succeeded", "Failed", "RollingBack", "RolledBack", "RollbackFailed"
-]
-SITE_STATES: tuple[SiteStateName, ...] = (
-    "Pending",
-    "InProgress",
-    "Succeeded",
-    "Failed",
-    "RollingBack",
-    "RolledBack",
-    "RollbackFailed",
-)
+SiteStateName = SiteState
+SITE_STATES: tuple[SiteStateName, ...] = get_args(SiteState)
 # A site in one of these has its result for the new revision (or has been taken back).
 SITE_DONE: frozenset[str] = frozenset({"Succeeded", "Failed", "RolledBack", "RollbackFailed"})
 COUNT_KEYS = {
