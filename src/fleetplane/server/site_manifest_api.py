@@ -20,8 +20,9 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.store import EventType
 from fleetplane.core.watch import WatchFilter
 from fleetplane.kinds import SITE_MANIFEST
+from fleetplane.server.context import ServerContext
 from fleetplane.server.requests import JsonResponse
-from fleetplane.server.site_api import MAX_WAIT, PREFIX, authenticated_site
+from fleetplane.server.site_api import MAX_WAIT, PREFIX, authenticated_identity, peer_certificate, site_of
 
 router = APIRouter(prefix=PREFIX)
 
@@ -44,17 +45,23 @@ def _generation(obj: Obj | None) -> int:
     return int(((obj or {}).get("metadata") or {}).get("generation") or 0)
 
 
+def _admitted_manifest(ctx: ServerContext, der: bytes, tenant: str, name: str) -> Obj | None:
+    """The site's manifest, after the full check that the certificate's site may still call
+    (exists, not decommissioned, current serial): one trip to a worker thread for both."""
+    site_of(ctx, der)
+    return ctx.store.get_or_none(tenant, SITE_MANIFEST.kind, "", name)
+
+
 @router.get("/manifest")
 async def get_manifest(request: Request) -> Response:
-    ctx, tenant, site = await authenticated_site(request)
+    ctx, tenant, name, _ = await authenticated_identity(request)
     after = int(_number(request, "after", 0, integer=True))
     wait = min(_number(request, "waitSeconds", 0, integer=False), MAX_WAIT)
-    name = site["metadata"]["name"]
     flt = WatchFilter(tenant, (SITE_MANIFEST.kind,), name=name)
     # Subscribe before reading, so a write between the read and the wait is not missed.
     sub = ctx.hub.subscribe(flt, after=ctx.hub.revision)
     try:
-        current = await asyncio.to_thread(ctx.store.get_or_none, tenant, SITE_MANIFEST.kind, "", name)
+        current = await asyncio.to_thread(_admitted_manifest, ctx, peer_certificate(request), tenant, name)
         if current is not None and _generation(current) > after:
             return JsonResponse(current)
         deadline = time.monotonic() + (wait if after > 0 else 0)
