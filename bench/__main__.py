@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import e2e, fanout, membership, onboarding, store
+from bench import e2e, fanout, membership, onboarding, rollout, store
 from bench.common import Figure, Report
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Report, bool], None]]] = {
@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Report, bool], None]]] = {
     "e2e": ("End-to-end membership: SQLite store + controller", e2e.run),
     "onboarding": ("Onboarding: register, poll, first mTLS heartbeat", onboarding.run),
     "fanout": ("Fan-out: one intent change to N connected sites vs NATS", fanout.run),
+    "rollout": ("Rolling upgrades: control-plane overhead, patching 100 sites", rollout.run),
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,12 +152,22 @@ def _applied(site: dict[str, Any]) -> tuple[int, bool]:
 
 class Watcher(threading.Thread):
     """A native-API watch on the bench sites: the arrival time of each site's first report
-    of a generation above its ``before`` generation with state Applied."""
+    of a generation above its ``before`` generation with state Applied (``sitemanifests``:
+    its first manifest written after ``rv``), and only of an object ``accept`` accepts."""
 
-    def __init__(self, server: Server, rv: str, before: dict[str, int], plural: str = "sites") -> None:
+    def __init__(
+        self,
+        server: Server,
+        rv: str,
+        before: dict[str, int],
+        plural: str = "sites",
+        accept: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.server, self.rv, self.before, self.plural = server, rv, before, plural
+        self.accept = accept  # when given, only objects it accepts count
         self.done: dict[str, float] = {}
+        self.generation: dict[str, int] = {}  # the generation each done site was seen at
         self.all_done = threading.Event()
         self.ready = threading.Event()
         self.error = ""
@@ -189,7 +200,10 @@ class Watcher(threading.Thread):
                     else:
                         generation, applied = _applied(obj)
                     if applied and generation > self.before[name]:
+                        if self.accept is not None and not self.accept(obj):
+                            continue
                         self.done[name] = now
+                        self.generation[name] = generation
                         if len(self.done) == len(self.before):
                             self.all_done.set()
                             return
@@ -203,7 +217,7 @@ class Watcher(threading.Thread):
         self._client.close()
 
 
-def _start_simulator(
+def start_simulator(
     server: Server, root: Path, n: int, processes: int, token: str, heartbeat: int
 ) -> subprocess.Popen[bytes]:
     token_file = root / "token"
@@ -240,6 +254,42 @@ def _start_simulator(
     )
 
 
+def wait_onboarded(
+    sim: subprocess.Popen[bytes],
+    root: Path,
+    n: int,
+    processes: int,
+    heartbeat: int,
+    timeout: float,
+    t_onboard: float,
+) -> float:
+    """Wait until the simulator's N sites report their manifest Applied (or, after a stall,
+    at least ``MIN_CONNECTED`` of them); the onboarding time since ``t_onboard``."""
+    stall_s = heartbeat + STALL_MARGIN_S
+    deadline = time.monotonic() + timeout
+    last, last_change = -1, time.monotonic()
+    while True:
+        if sim.poll() is not None:
+            raise RuntimeError(f"simulator exited with {sim.returncode}: {_tail(root / 'sim.log')}")
+        # The simulator's own progress lines, not a list of N sites every second:
+        # at 10,000 sites that list alone kept the server busy.
+        applied = _sim_applied(root / "sim.log", processes)
+        if applied == n:
+            break
+        if applied != last:
+            last, last_change = applied, time.monotonic()
+        stalled = time.monotonic() - last_change > stall_s
+        if stalled and applied >= n * MIN_CONNECTED:
+            break  # a few sites failed to come up: measure over the rest
+        if stalled or time.monotonic() > deadline:
+            raise RuntimeError(
+                f"only {applied}/{n} sites Applied after {onboard_wait(t_onboard):.0f} s; "
+                f"simulator log: {_tail(root / 'sim.log')}"
+            )
+        time.sleep(1.0)
+    return time.perf_counter() - t_onboard - (stall_s if applied < n else 0.0)
+
+
 def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = HEARTBEAT_S) -> dict[str, Any]:
     """One full run at N sites: onboarding, memory per site, then the timed fan-out."""
     t_start = time.perf_counter()
@@ -270,30 +320,8 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
             rss_before = rss_kb(server.proc.pid)
 
             t_onboard = time.perf_counter()
-            sim = _start_simulator(server, root, n, processes, token, heartbeat)
-            stall_s = heartbeat + STALL_MARGIN_S
-            deadline = time.monotonic() + timeout
-            last, last_change = -1, time.monotonic()
-            while True:
-                if sim.poll() is not None:
-                    raise RuntimeError(f"simulator exited with {sim.returncode}: {_tail(root / 'sim.log')}")
-                # The simulator's own progress lines, not a list of N sites every second:
-                # at 10,000 sites that list alone kept the server busy.
-                applied = _sim_applied(root / "sim.log", processes)
-                if applied == n:
-                    break
-                if applied != last:
-                    last, last_change = applied, time.monotonic()
-                stalled = time.monotonic() - last_change > stall_s
-                if stalled and applied >= n * MIN_CONNECTED:
-                    break  # a few sites failed to come up: measure the fan-out over the rest
-                if stalled or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"only {applied}/{n} sites Applied after {onboard_wait(t_onboard):.0f} s; "
-                        f"simulator log: {_tail(root / 'sim.log')}"
-                    )
-                time.sleep(1.0)
-            onboard_s = time.perf_counter() - t_onboard - (stall_s if applied < n else 0.0)
+            sim = start_simulator(server, root, n, processes, token, heartbeat)
+            onboard_s = wait_onboarded(sim, root, n, processes, heartbeat, timeout, t_onboard)
             time.sleep(2.0)  # let the last reports settle
             rss_connected = rss_kb(server.proc.pid)
 

@@ -75,6 +75,30 @@ EXPECTED = [
             "ratio_max",
         )
     ),
+    *(
+        f"rollout.fleet_20.{name}"
+        for name in (
+            "sites",
+            "onboard_s",
+            "write_ms",
+            "total_s",
+            "sites_work_s",
+            "overhead_s",
+            "overhead_vs_apply_latency_s",
+            "waves",
+            "completed_s",
+            "server_cpu_s",
+            "wave_mean_s",
+            "gap_mean_ms",
+            "react_mean_ms",
+            "compile_mean_ms",
+            *(f"wave{i:02d}.duration_s" for i in range(10)),
+        )
+    ),
+    "rollout.overhead_200.total_s",
+    "rollout.overhead_200.engine_s",
+    "rollout.patch100.sim_s",
+    "rollout.patch100.engine_cpu_ms",
 ]
 WITH_TARGETS = [
     "membership.relabel.p50_ms",
@@ -86,6 +110,10 @@ WITH_TARGETS = [
     "fanout.small.effect.p99_ms",
     "fanout.small.server_kb_per_site",
     "fanout.small.ratio_p99",
+    "rollout.fleet_20.overhead_s",
+    "rollout.fleet_20.overhead_vs_apply_latency_s",
+    "rollout.overhead_200.total_s",
+    "rollout.patch100.sim_s",
 ]
 
 
@@ -125,6 +153,11 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         assert data["verdicts"][key] in ("PASS", "MISS")
     # Correctness is no timing: the incremental engine agrees with brute force.
     assert figures["membership.relabel.mismatches"] == 0
+    # The fleet rollout ran all 20 sites in 10 waves to Completed (a failed run leaves a note).
+    assert figures["rollout.fleet_20.sites"] == 20
+    assert figures["rollout.fleet_20.waves"] == 10
+    assert not [note for note in data["notes"] if note.startswith("rollout: fleet run")]
+    assert not [note for note in data["notes"] if "fleet run" in note and "FAILED" in note]
     # The table was printed too.
     assert "SQLite" in result.stdout and "PostgreSQL" in result.stdout
     assert "PASS" in result.stdout or "MISS" in result.stdout

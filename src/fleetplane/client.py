@@ -218,6 +218,15 @@ class Client(_SyncHttp):
         result: dict[str, Any] = self.request("PATCH", path, body=patch, content_type=ctype)
         return result
 
+    def plan(
+        self, objects: builtins.list[dict[str, Any]], namespace: str, *, limit: int = 0
+    ) -> dict[str, Any]:
+        """What writing ``objects`` would do (``POST .../plan``); the server writes nothing."""
+        body = {"apiVersion": "v1", "kind": "List", "items": objects}
+        params = {"namespace": namespace, "limit": limit}
+        result: dict[str, Any] = self.request("POST", f"{API}/plan", body=body, params=params)
+        return result
+
     def delete(
         self, plural: str, name: str, namespace: str | None = None, *, resource_version: str | None = None
     ) -> dict[str, Any]:
@@ -233,11 +242,14 @@ class Client(_SyncHttp):
         selector: str = "",
         resource_version: str = "",
         timeout: float | None = None,
+        field_selector: str = "",
     ) -> Iterator[dict[str, Any]]:
         """Yield watch events (``{"type", "object"}``); an ``ERROR`` event raises its Status."""
         params: dict[str, Any] = {"watch": "true"}
         if selector:
             params["labelSelector"] = selector
+        if field_selector:
+            params["fieldSelector"] = field_selector
         if resource_version:
             params["resourceVersion"] = resource_version
         if timeout:

@@ -75,7 +75,12 @@ def test_targets_resolve_from_the_intent_namespace() -> None:
 def test_reservation_section_sums_and_lists_sources() -> None:
     rs = [reservation("a", ["x"], "500m", "1Gi", "base"), reservation("b", ["x"], "1", "512Mi")]
     section = ReservationContributor().contribute(rs, site("s"))
-    assert section == {"cpuMillis": 1500, "memoryBytes": GI + GI // 2, "sources": ["base/a", "shop/b"]}
+    assert section == {
+        "cpuMillis": 1500,
+        "memoryBytes": GI + GI // 2,
+        "sources": ["base/a", "shop/b"],
+        "revisions": {"base/a": 1, "shop/b": 1},  # the intent revision each one was compiled from
+    }
     assert ReservationContributor().contribute([], site("s")) is None
     assert manifest_hash({"b": 1, "a": {"d": [1], "c": "x"}}) == manifest_hash(
         {"a": {"c": "x", "d": [1]}, "b": 1}
@@ -94,9 +99,7 @@ def test_state_recompiles_only_the_affected_sites() -> None:
         ("t", "s1"),
         ("t", "s2"),
     }
-    assert st.compile("t", "s1") == {
-        "reservations": {"cpuMillis": 1000, "memoryBytes": 0, "sources": ["shop/r"]}
-    }
+    assert st.compile("t", "s1") == {"reservations": res(1000, 0, "shop/r")}
     assert st.compile("t", "s3") == {}
     assert st.set_site("t", "s3", {"env": "prod"}) == {("t", "s3")}
     assert st.set_virtual_site(vs, parse_selector("env=prod,!x"), 2) == set()  # same members
@@ -106,9 +109,7 @@ def test_state_recompiles_only_the_affected_sites() -> None:
     # An intent that reaches a site through two virtual sites counts once.
     st.set_virtual_site(("t", "shop", "all"), parse_selector(""), 1)
     st.set_intent("ResourceReservation", "t", reservation("twice", ["prod", "all"], "1"))
-    assert st.compile("t", "s1") == {
-        "reservations": {"cpuMillis": 1000, "memoryBytes": 0, "sources": ["shop/twice"]}
-    }
+    assert st.compile("t", "s1") == {"reservations": res(1000, 0, "shop/twice")}
 
 
 # -- the controller on a real store ------------------------------------------------------------------
@@ -133,8 +134,10 @@ def section(store: Store, name: str, tenant: str = "acme") -> dict[str, Any] | N
     return found
 
 
-def res(cpu: int, memory: int, *sources: str) -> dict[str, Any]:
-    return {"cpuMillis": cpu, "memoryBytes": memory, "sources": list(sources)}
+def res(cpu: int, memory: int, *sources: str, revisions: dict[str, int] | None = None) -> dict[str, Any]:
+    """The reservations section; each source at revision 1 unless ``revisions`` says otherwise."""
+    revs = {src: (revisions or {}).get(src, 1) for src in sources}
+    return {"cpuMillis": cpu, "memoryBytes": memory, "sources": list(sources), "revisions": revs}
 
 
 async def eventually(check: Callable[[], Any], expected: Any, timeout: float = 10.0) -> None:
@@ -184,6 +187,9 @@ def test_reservations_compile_into_the_member_sites(store: Store) -> None:
     asyncio.run(asyncio.wait_for(_scenario_full(store), 60))
 
 
+PLATFORM_2 = {"shop/platform": 2}
+
+
 async def _scenario_full(store: Store) -> None:
     async with Running(store):
         await eventually(lambda: manifest(store, "s3") is not None, True)
@@ -211,12 +217,12 @@ async def _scenario_full(store: Store) -> None:
         # The intent is retargeted: its old members lose it, its new ones gain it.
         await write(store, "create", "acme", virtual_site("dev", "env=dev"))
         await write(store, "update", "acme", reservation("platform", ["dev"], "2", "1Gi"))
-        await eventually(lambda: section(store, "s2"), res(2000, GI, "shop/platform"))
+        await eventually(lambda: section(store, "s2"), res(2000, GI, "shop/platform", revisions=PLATFORM_2))
         await eventually(lambda: section(store, "s1"), None)
         await eventually(lambda: section(store, "s3"), None)
         # A selector change: the members that join gain it.
         await write(store, "update", "acme", virtual_site("dev", "env in (dev,prod)"))
-        await eventually(lambda: section(store, "s3"), res(2000, GI, "shop/platform"))
+        await eventually(lambda: section(store, "s3"), res(2000, GI, "shop/platform", revisions=PLATFORM_2))
         # Deleting the reservation removes the section; deleting a site deletes its manifest.
         await write(store, "delete", "acme", RESOURCE_RESERVATION.kind, "shop", "platform")
         await eventually(lambda: section(store, "s3"), None)
@@ -238,7 +244,7 @@ def test_unchanged_recompile_writes_nothing_and_generation_moves_only_on_change(
             before = manifest(store, "s1")
             assert before is not None and before["metadata"]["generation"] == 1
             revision = await write(store, "revision")
-            # A heartbeat (status), a label that moves nothing, a description: no manifest write.
+            # A heartbeat (status) and a label that moves nothing: no manifest write.
             await write(
                 store,
                 "update",
@@ -247,15 +253,19 @@ def test_unchanged_recompile_writes_nothing_and_generation_moves_only_on_change(
                 part="status",
             )
             await write(store, "update", "acme", site("s1", env="prod", extra="x"))
-            r = reservation("r", ["prod"], "1000m", "1Gi")
-            await write(store, "update", "acme", {**r, "spec": {**r["spec"], "description": "same amount"}})
             await asyncio.sleep(0.5)
             after = manifest(store, "s1")
             assert after == before
-            assert await write(store, "revision") == revision + 3  # only our three writes
+            assert await write(store, "revision") == revision + 2  # only our two writes
+            # A new revision of the intent (a description) moves the manifest to that revision,
+            # with the same amounts: a rollout needs to see the site apply it.
+            r = reservation("r", ["prod"], "1000m", "1Gi")
+            await write(store, "update", "acme", {**r, "spec": {**r["spec"], "description": "same amount"}})
+            await eventually(lambda: section(store, "s1"), res(1000, GI, "shop/r", revisions={"shop/r": 2}))
+            assert (manifest(store, "s1") or {})["metadata"]["generation"] == 2
             # A real change bumps the generation by one.
             await write(store, "update", "acme", reservation("r", ["prod"], "2", "1Gi"))
-            await eventually(lambda: (manifest(store, "s1") or {})["metadata"]["generation"], 2)
+            await eventually(lambda: (manifest(store, "s1") or {})["metadata"]["generation"], 3)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
@@ -278,7 +288,7 @@ def test_restart_converges_and_then_writes_nothing(store: Store) -> None:
         await write(store, "update", "acme", reservation("r", ["prod"], "3", "1Gi"))
 
         async with Running(store):
-            await eventually(lambda: section(store, "d"), res(3000, GI, "shop/r"))
+            await eventually(lambda: section(store, "d"), res(3000, GI, "shop/r", revisions={"shop/r": 2}))
             await eventually(lambda: section(store, "a"), None)
             await eventually(lambda: manifest(store, "b"), None)
 
@@ -289,7 +299,7 @@ def test_restart_converges_and_then_writes_nothing(store: Store) -> None:
             await asyncio.sleep(0.5)
             assert await write(store, "revision") == revision
             await write(store, "update", "acme", site("c", env="prod"))
-            await eventually(lambda: section(store, "c"), res(3000, GI, "shop/r"))
+            await eventually(lambda: section(store, "c"), res(3000, GI, "shop/r", revisions={"shop/r": 2}))
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 

@@ -27,11 +27,15 @@ def test_an_os_upgrade_reaches_exactly_the_members_of_its_virtual_site() -> None
     st.set_virtual_site(("t", "ops", "prod"), parse_selector("env=prod"), 1)
     affected = st.set_intent("OsUpgrade", "t", upgrade("to-1-5", "fleetos-1.5.0", ["prod"]))
     assert affected == {("t", "s1"), ("t", "s2")}
-    assert st.compile("t", "s1") == {"os": {"version": "fleetos-1.5.0", "sources": ["ops/to-1-5"]}}
+    assert st.compile("t", "s1") == {
+        "os": {"version": "fleetos-1.5.0", "sources": ["ops/to-1-5"], "revisions": {"ops/to-1-5": 1}}
+    }
     assert st.compile("t", "s3") == {}
     # A site relabelled into the virtual site gets the target too.
     assert st.set_site("t", "s3", {"env": "prod"}) == {("t", "s3")}
-    assert st.compile("t", "s3") == {"os": {"version": "fleetos-1.5.0", "sources": ["ops/to-1-5"]}}
+    assert st.compile("t", "s3") == {
+        "os": {"version": "fleetos-1.5.0", "sources": ["ops/to-1-5"], "revisions": {"ops/to-1-5": 1}}
+    }
 
 
 def test_the_highest_version_wins_and_the_lower_ones_are_listed_as_superseded() -> None:
@@ -49,5 +53,7 @@ def test_the_highest_version_wins_and_the_lower_ones_are_listed_as_superseded() 
             {"source": "ops/a-old", "version": "fleetos-1.9.3"},
             {"source": "ops/d-rc", "version": "fleetos-1.10.0-rc.1"},
         ],
+        # The intent revision each intent was compiled from (all at their first here).
+        "revisions": {"ops/a-old": 1, "ops/b-new": 1, "ops/c-same": 1, "ops/d-rc": 1},
     }
     assert OsContributor().contribute([], {"metadata": {"name": "s1"}}) is None

@@ -109,6 +109,7 @@ def test_long_poll_answers_at_once_when_newer_and_wakes_on_a_change(
             "cpuMillis": 500,
             "memoryBytes": GI,
             "sources": ["shop/platform"],
+            "revisions": {"shop/platform": 1},
         }
         assert manifest["spec"]["hash"].startswith("sha256:")
 

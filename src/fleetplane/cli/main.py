@@ -334,3 +334,15 @@ _simulate_cmd.register(app)
 from fleetplane.cli import os_cmd as _os_cmd  # noqa: E402
 
 _os_cmd.register(app)
+from fleetplane.cli import rollout_cmd as _rollout_cmd  # noqa: E402
+
+_rollout_cmd.register(app)
+from fleetplane.cli import plan_cmd as _plan_cmd  # noqa: E402
+
+_plan_cmd.register(app)
+from fleetplane.cli import kubeconfig_cmd as _kubeconfig_cmd  # noqa: E402
+
+_kubeconfig_cmd.register(app)
+from fleetplane.cli import top_cmd as _top_cmd  # noqa: E402
+
+_top_cmd.register(app)

@@ -8,6 +8,13 @@ site, so that its manifest is deleted. ``ManifestController`` feeds it from one 
 writes a manifest only when its ``spec.hash`` differs. Level-triggered: on start (or after
 losing the watch) it rebuilds from a ``store.scan`` snapshot and recompiles every site,
 writing only what differs, so a restart at any point converges. See docs/site-manifest.md.
+
+Rollouts (docs/rollouts.md): with ``follow_rollouts`` (the controller's view) an intent's
+section for a site comes from the revision ``IntentRevisions.choose`` picks (the newest
+revision without a strategy, or one whose ``Rollout`` handed it to that site), provided that
+revision targets the site. The older specs come from ``IntentRevision`` objects and from the
+watch; a ``Rollout`` status change recompiles only the sites whose hand-out changed. Without
+it (a plan's "what would happen"), every intent compiles at its current revision.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from typing import Any
 
 from fleetplane.controllers.loop import run_controller
 from fleetplane.controllers.membership import Membership, selector_of
+from fleetplane.controllers.revisions import IntentRevisions, RevisionMissing, changed_sites
+from fleetplane.controllers.rollout import RolloutState, initial_state
 from fleetplane.controllers.sections import (
     SECTIONS,
     IntentKey,
@@ -31,7 +40,7 @@ from fleetplane.core.objects import Obj, labels_of
 from fleetplane.core.selectors import Selector
 from fleetplane.core.store import Event, EventType, Store
 from fleetplane.core.watch import ANY_TENANT, WatchFilter, WatchHub
-from fleetplane.kinds import SITE, SITE_MANIFEST, VIRTUAL_SITE
+from fleetplane.kinds import INTENT_REVISION, ROLLOUT, SITE, SITE_MANIFEST, VIRTUAL_SITE
 
 log = logging.getLogger(__name__)
 # Manifests written per transaction: big enough to amortise the commit, small enough
@@ -40,16 +49,20 @@ WRITE_CHUNK = 500
 SiteKey = tuple[str, str]  # tenant, site name
 Intent = tuple[str, IntentKey]  # kind, (tenant, namespace, name)
 _EMPTY: frozenset[str] = frozenset()
+# On a Rollout: the uid of the intent it rolls out (a re-created intent starts afresh).
+INTENT_UID = "fleetplane.io/intent-uid"
 
 
 class ManifestState:
     """Everything the compile needs, in memory; every mutator returns the affected sites."""
 
-    def __init__(self, sections: SectionRegistry = SECTIONS) -> None:
+    def __init__(self, sections: SectionRegistry = SECTIONS, *, follow_rollouts: bool = False) -> None:
         self.sections = sections
+        self.follow_rollouts = follow_rollouts
         self.membership = Membership()
         self.sites: dict[SiteKey, dict[str, str]] = {}
         self.intents: dict[str, dict[IntentKey, Obj]] = {kind: {} for kind in sections.kinds}
+        self.history: dict[Intent, IntentRevisions] = {}
         self._targets: dict[Intent, set[VsKey]] = {}
         self._targeted: dict[VsKey, set[Intent]] = {}
         self._targeted_in: dict[str, set[VsKey]] = {}  # tenant -> its targeted virtual sites
@@ -100,30 +113,107 @@ class ManifestState:
                     self._targeted_in[vs[0]].discard(vs)
         return old
 
+    def _targets_now(self, intent: Intent) -> set[VsKey]:
+        """The virtual sites through which the intent may reach a site: those of its current
+        revision, and (following rollouts) of every revision a site may still run."""
+        kind, key = intent
+        obj = self.intents[kind].get(key)
+        if obj is None:
+            return set()
+        hist = self.history.get(intent)
+        if not self.follow_rollouts or hist is None:
+            return targets_of(key[0], obj)
+        out: set[VsKey] = set()
+        for revision in hist.reachable():
+            spec = hist.spec_of(revision)
+            if spec is not None:
+                out |= targets_of(key[0], {"metadata": obj["metadata"], "spec": spec})
+        return out
+
+    def _retarget(self, intent: Intent) -> set[SiteKey]:
+        old = self._untarget(intent)
+        new = self._targets_now(intent)
+        if new:
+            self._targets[intent] = new
+        for vs in new:
+            self._targeted.setdefault(vs, set()).add(intent)
+            self._targeted_in.setdefault(vs[0], set()).add(vs)
+        return self._sites_of(old | new)
+
     def set_intent(self, kind: str, tenant: str, obj: Obj) -> set[SiteKey]:
         m = obj["metadata"]
         key: IntentKey = (tenant, m.get("namespace") or "", m["name"])
         known = self.intents[kind].get(key)
-        if known is not None and known.get("spec") == obj.get("spec"):
+        if known is not None and all(
+            known.get("spec") == obj.get("spec") and known["metadata"].get(f) == m.get(f)
+            for f in ("generation", "uid")
+        ):
             return set()
         self.intents[kind][key] = obj
-        old = self._untarget((kind, key))
-        new = targets_of(tenant, obj)
-        self._targets[(kind, key)] = new
-        for vs in new:
-            self._targeted.setdefault(vs, set()).add((kind, key))
-            self._targeted_in.setdefault(tenant, set()).add(vs)
-        return self._sites_of(old | new)
+        hist = self.history.get((kind, key))
+        if hist is None or hist.uid != str(m.get("uid") or ""):
+            self.history[(kind, key)] = IntentRevisions(obj)
+            self.history[(kind, key)].set_current(obj)
+        else:
+            hist.set_current(obj)
+        return self._retarget((kind, key))
 
     def remove_intent(self, kind: str, key: IntentKey) -> set[SiteKey]:
+        self.history.pop((kind, key), None)
         if self.intents[kind].pop(key, None) is None:
             return set()
         return self._sites_of(self._untarget((kind, key)))
 
+    # -- rollouts and intent history ----------------------------------------------------------
+
+    def _history_of(self, tenant: str, obj: Obj) -> tuple[Intent, IntentRevisions, int] | None:
+        """The intent a Rollout or IntentRevision belongs to (None: unknown, or an older
+        intent of the same name), and the revision it is about."""
+        ref = (obj.get("spec") or {}).get("intent") or {}
+        kind, name = ref.get("kind"), ref.get("name")
+        if kind not in self.intents or not isinstance(name, str):
+            return None
+        intent: Intent = (kind, (tenant, obj["metadata"].get("namespace") or "", name))
+        hist = self.history.get(intent)
+        m = obj["metadata"]
+        uid = ref.get("uid") or (m.get("annotations") or {}).get(INTENT_UID)
+        if hist is None or (uid and uid != hist.uid):
+            return None
+        return intent, hist, int(ref.get("generation") or 0)
+
+    def set_rollout(self, tenant: str, obj: Obj) -> set[SiteKey]:
+        found = self._history_of(tenant, obj) if self.follow_rollouts else None
+        if found is None:
+            return set()
+        intent, hist, revision = found
+        status = obj.get("status") or {}
+        state = RolloutState.from_dict(status) if "revision" in status else initial_state(revision)
+        old = hist.rollouts.get(revision)
+        hist.rollouts[revision] = state
+        sites, unknown = changed_sites(old, state)
+        if old is None or unknown:
+            return self._retarget(intent)
+        members = self._sites_of(self._targets.get(intent, set()))
+        return {(tenant, s) for s in sites} & members
+
+    def remove_rollout(self, tenant: str, obj: Obj) -> set[SiteKey]:
+        found = self._history_of(tenant, obj) if self.follow_rollouts else None
+        if found is None or found[1].rollouts.pop(found[2], None) is None:
+            return set()
+        return self._retarget(found[0])
+
+    def set_revision(self, tenant: str, obj: Obj) -> set[SiteKey]:
+        found = self._history_of(tenant, obj) if self.follow_rollouts else None
+        spec = (obj.get("spec") or {}).get("spec")
+        if found is None or not isinstance(spec, dict) or not found[1].add_spec(found[2], spec):
+            return set()
+        return self._retarget(found[0])
+
     # -- the compile -------------------------------------------------------------------------
 
     def compile(self, tenant: str, name: str) -> dict[str, Any] | None:
-        """The sections of one site's manifest; ``None`` when the site does not exist."""
+        """The sections of one site's manifest; ``None`` when the site does not exist.
+        Raises ``RevisionMissing`` when the site should run a revision not known yet."""
         labels = self.sites.get((tenant, name))
         if labels is None:
             return None
@@ -135,11 +225,30 @@ class ManifestState:
         site: Obj = {"kind": SITE.kind, "metadata": {"name": name, "labels": labels}}
         sections: dict[str, Any] = {}
         for contributor in self.sections.all():
-            keys = sorted(by_kind.get(contributor.kind, ()))
-            section = contributor.contribute([self.intents[contributor.kind][k] for k in keys], site)
+            kind = contributor.kind
+            intents = [
+                obj for key in sorted(by_kind.get(kind, ())) if (obj := self._revision(kind, key, name))
+            ]
+            section = contributor.contribute(intents, site)
             if section is not None:
                 sections[contributor.section] = section
         return sections
+
+    def _revision(self, kind: str, key: IntentKey, site: str) -> Obj | None:
+        """The intent as the site should run it (current, or the revision its rollouts say),
+        or None when that revision does not target the site (or there is none)."""
+        obj = self.intents[kind][key]
+        hist = self.history.get((kind, key))
+        if not self.follow_rollouts or hist is None:
+            return obj
+        revision = hist.choose(site)
+        if revision is None:
+            return None
+        if revision != hist.generation:
+            obj = hist.revision_object(revision)
+        if any(site in self.members(vs) for vs in targets_of(key[0], obj)):
+            return obj
+        return None
 
     def apply(self, ev: Event) -> set[SiteKey]:
         """Fold one watch event in; return the sites to recompile."""
@@ -157,14 +266,25 @@ class ManifestState:
             if ev.type is EventType.DELETED:
                 return self.remove_intent(ev.kind, (ev.tenant, ev.namespace, ev.name))
             return self.set_intent(ev.kind, ev.tenant, ev.object)
+        if ev.kind == ROLLOUT.kind:
+            if ev.type is EventType.DELETED:
+                return self.remove_rollout(ev.tenant, ev.object)
+            return self.set_rollout(ev.tenant, ev.object)
+        if ev.kind == INTENT_REVISION.kind and ev.type is not EventType.DELETED:
+            return self.set_revision(ev.tenant, ev.object)
         return set()
 
     @classmethod
     def from_snapshot(
-        cls, objects: list[tuple[str, Obj]], sections: SectionRegistry = SECTIONS
+        cls,
+        objects: list[tuple[str, Obj]],
+        sections: SectionRegistry = SECTIONS,
+        *,
+        follow_rollouts: bool = False,
     ) -> ManifestState:
-        state = cls(sections)
-        order = {SITE.kind: 0, VIRTUAL_SITE.kind: 1}  # sites, then virtual sites, then intents
+        state = cls(sections, follow_rollouts=follow_rollouts)
+        # Sites, then virtual sites, then intents, then their history and rollouts.
+        order = {SITE.kind: 0, VIRTUAL_SITE.kind: 1, INTENT_REVISION.kind: 3, ROLLOUT.kind: 4}
         for tenant, obj in sorted(objects, key=lambda item: order.get(item[1]["kind"], 2)):
             m = obj["metadata"]
             state.apply(
@@ -189,7 +309,7 @@ class ManifestController:
         self.hub = hub
         self.sections = sections
         self.flush_delay = flush_delay
-        self.state = ManifestState(sections)
+        self.state = ManifestState(sections, follow_rollouts=True)
         self.hashes: dict[SiteKey, str] = {}  # the stored manifests' spec.hash
         self.synced = asyncio.Event()
         self._dirty: set[SiteKey] = set()
@@ -197,7 +317,7 @@ class ManifestController:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return (SITE.kind, VIRTUAL_SITE.kind, *self.sections.kinds)
+        return (SITE.kind, VIRTUAL_SITE.kind, *self.sections.kinds, INTENT_REVISION.kind, ROLLOUT.kind)
 
     async def run(self) -> None:
         await run_controller("manifest", self._sync_and_follow, self._flush_loop)
@@ -206,7 +326,9 @@ class ManifestController:
         revision, objects = await asyncio.to_thread(self.store.scan, (*self.kinds, SITE_MANIFEST.kind))
         manifests = [(t, o) for t, o in objects if o["kind"] == SITE_MANIFEST.kind]
         state = ManifestState.from_snapshot(
-            [(t, o) for t, o in objects if o["kind"] != SITE_MANIFEST.kind], self.sections
+            [(t, o) for t, o in objects if o["kind"] != SITE_MANIFEST.kind],
+            self.sections,
+            follow_rollouts=True,
         )
         self.hashes = {
             (t, o["metadata"]["name"]): str((o.get("spec") or {}).get("hash", "")) for t, o in manifests
@@ -251,7 +373,12 @@ class ManifestController:
     def _plan(self, key: SiteKey) -> tuple[SiteKey, Obj | None, str | None] | None:
         """What to write for one site: its manifest, ``None`` to delete it, or nothing."""
         tenant, name = key
-        sections = self.state.compile(tenant, name)
+        try:
+            sections = self.state.compile(tenant, name)
+        except RevisionMissing as exc:
+            # Its IntentRevision recompiles it when it arrives; until then it keeps its manifest.
+            log.debug("site %s/%s waits for %s", tenant, name, exc)
+            return None
         if sections is None:
             return key, None, None
         digest = manifest_hash(sections)

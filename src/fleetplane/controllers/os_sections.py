@@ -22,17 +22,20 @@ def _source(intent: Obj) -> str:
 
 
 class OsContributor:
-    """``os``: ``{version, sources, superseded?}`` from every OsUpgrade targeting the site."""
+    """``os``: ``{version, sources, superseded?, revisions}`` from every OsUpgrade targeting
+    the site (``revisions``: ``{namespace/name: intent revision}``)."""
 
     kind = OS_UPGRADE.kind
     section = "os"
 
     def contribute(self, intents: list[Obj], site: Obj) -> dict[str, Any] | None:
         wanted: list[tuple[str, str]] = []  # (version, namespace/name), in intent order
+        revisions: dict[str, int] = {}
         for intent in intents:
             version = (intent.get("spec") or {}).get("version")
             if isinstance(version, str) and version_problem(version) is None:
                 wanted.append((version, _source(intent)))  # validation refuses others
+                revisions[_source(intent)] = int((intent.get("metadata") or {}).get("generation") or 1)
         if not wanted:
             return None
         version = max((v for v, _ in wanted), key=lambda v: (version_key(v), v))
@@ -43,4 +46,5 @@ class OsContributor:
         superseded = [{"source": src, "version": v} for v, src in wanted if v != version]
         if superseded:
             section["superseded"] = superseded
+        section["revisions"] = revisions  # the intent revision each source was compiled from
         return section

@@ -31,6 +31,7 @@ class NetworkPolicyContributor:
 
     kind = NETWORK_POLICY.kind
     section = "networkPolicies"
+    items_per_intent = True  # a site reports one item per policy, named namespace/name
 
     def contribute(self, intents: list[Obj], site: Obj) -> dict[str, Any] | None:
         entries = []
@@ -54,6 +55,7 @@ class ServicePolicyContributor:
 
     kind = SERVICE_POLICY.kind
     section = "servicePolicies"
+    items_per_intent = True
 
     def contribute(self, intents: list[Obj], site: Obj) -> dict[str, Any] | None:
         entries = [

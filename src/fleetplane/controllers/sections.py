@@ -38,6 +38,33 @@ def source_of(intent: Obj) -> str:
     return f"{m.get('namespace', '')}/{m['name']}"
 
 
+def generation_of(intent: Obj) -> int:
+    """The revision of the intent that is compiled (an older one while a rollout has not
+    reached the site): the compile hands contributors each revision as an object whose
+    ``metadata.generation`` is that revision."""
+    return int((intent.get("metadata") or {}).get("generation") or 1)
+
+
+def section_revisions(section: dict[str, Any]) -> dict[str, int]:
+    """``{namespace/name: revision}`` of every intent a compiled section carries: the
+    ``revisions`` map (reservations, os) or the ``policies`` entries (policy sections)."""
+    revisions = section.get("revisions")
+    if isinstance(revisions, dict):
+        return {str(k): int(v) for k, v in revisions.items() if isinstance(v, int)}
+    out: dict[str, int] = {}
+    for entry in section.get("policies") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("generation"), int):
+            out[str(entry.get("policy"))] = int(entry["generation"])
+    return out
+
+
+def per_intent_items(contributor: SectionContributor) -> bool:
+    """Whether a site reports one item per intent of this section (named ``namespace/name``,
+    the policy sections: ``items_per_intent = True``) rather than one for the whole section
+    (``reservations``, ``os``)."""
+    return bool(getattr(contributor, "items_per_intent", False))
+
+
 class ReservationContributor:
     """``reservations``: the sum of every ResourceReservation that targets the site."""
 
@@ -55,7 +82,12 @@ class ReservationContributor:
                 memory += memory_bytes(spec.get("memory") or "0")
             except QuantityError:
                 continue  # validation refuses these; an old stored one reserves nothing
-        return {"cpuMillis": cpu, "memoryBytes": memory, "sources": [source_of(i) for i in intents]}
+        return {
+            "cpuMillis": cpu,
+            "memoryBytes": memory,
+            "sources": [source_of(i) for i in intents],
+            "revisions": {source_of(i): generation_of(i) for i in intents},
+        }
 
 
 class SectionRegistry:

@@ -2,6 +2,7 @@
 
 from fleetplane.core.registry import KindRegistry
 from fleetplane.kinds.access import ACCESS_KEY, TENANT
+from fleetplane.kinds.history import INTENT_REVISION
 from fleetplane.kinds.intents import INTENT_KINDS, RESOURCE_RESERVATION
 from fleetplane.kinds.manifest import SITE_MANIFEST
 from fleetplane.kinds.onboarding import (
@@ -16,6 +17,7 @@ from fleetplane.kinds.rollout import ROLLOUT
 from fleetplane.kinds.secret import SECRET
 from fleetplane.kinds.site import SITE
 from fleetplane.kinds.virtualsite import VIRTUAL_SITE
+from fleetplane.kinds.vk8s import VK8S
 
 
 def build_registry() -> KindRegistry:
@@ -35,6 +37,8 @@ def build_registry() -> KindRegistry:
         *POLICY_KINDS,
         *OS_UPGRADE_KINDS,
         ROLLOUT,
+        INTENT_REVISION,
+        VK8S,
     ):
         registry.register(info)
     return registry
@@ -46,6 +50,7 @@ __all__ = [
     "ACCESS_KEY",
     "CERTIFICATE_AUTHORITY",
     "INTENT_KINDS",
+    "INTENT_REVISION",
     "NETWORK_POLICY",
     "OS_UPGRADE",
     "OS_UPGRADE_KINDS",
@@ -63,5 +68,6 @@ __all__ = [
     "TENANT",
     "TRUSTED_MANUFACTURER",
     "VIRTUAL_SITE",
+    "VK8S",
     "build_registry",
 ]

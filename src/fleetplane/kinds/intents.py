@@ -15,6 +15,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.quantity import QuantityError, cpu_millis, memory_bytes
 from fleetplane.core.registry import Column, KindInfo, Scope
 from fleetplane.kinds.common import Schema
+from fleetplane.kinds.rollout import RolloutStrategy
 
 SHARED_NAMESPACE = "shared"
 
@@ -36,6 +37,8 @@ def ref_problems(ref: str) -> list[str]:
 
 class IntentSpec(Schema):
     virtualSites: list[str] = Field(min_length=1, max_length=256)
+    # How a new revision goes out (docs/rollouts.md); absent: at once to every site.
+    strategy: RolloutStrategy | None = None
 
     @field_validator("virtualSites")
     @classmethod

@@ -8,8 +8,8 @@ run (like the artifact repository) and tenant keys cannot read system objects. T
 
 ``OsUpgrade`` is an intent ("these virtual sites run OS version V"); ``spec.version`` must
 name an ``OsVersion`` of the tenant, checked when the spec is written (``check_catalogue``,
-run by the server through ``KindInfo.extra["references"]``). The rollout strategy is
-another field of this spec, added by the rollout engine.
+run by the server through ``KindInfo.extra["references"]``). ``spec.strategy`` (on every
+intent, ``kinds/intents.py``) says how a new version rolls out.
 
 A version string is ``[product-]MAJOR.MINOR[.PATCH[.BUILD]][-PRE]`` in lower case, e.g.
 ``fleetos-1.4.2``, ``2.0`` or ``fleetos-2.0.0-rc.1``; ``version_key`` orders them

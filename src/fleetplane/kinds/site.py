@@ -92,6 +92,33 @@ class Allocatable(Schema):
     memoryBytes: int = Field(default=0, ge=0)
 
 
+class LinkStats(Schema):
+    """The site's link to the control plane, when the agent measures it."""
+
+    latencyMs: float | None = Field(default=None, ge=0)
+    lossPercent: float | None = Field(default=None, ge=0, le=100)
+
+
+HealthColour = Literal["green", "orange", "red"]
+
+
+class HealthParts(Schema):
+    connectivity: int = Field(ge=0, le=100)
+    reliability: int = Field(ge=0, le=100)
+    security: int = Field(ge=0, le=100)
+    performance: int = Field(ge=0, le=100)
+
+
+class SiteHealth(Schema):
+    """The health score (docs/health.md); server-owned, written by the health controller."""
+
+    score: int = Field(ge=0, le=100)
+    colour: HealthColour
+    parts: HealthParts
+    reasons: list[str] = Field(default_factory=list, max_length=100)
+    observedAt: str | None = None
+
+
 class SiteStatus(Schema):
     phase: SitePhase = "Pending"
     identity: SiteIdentity | None = None
@@ -110,6 +137,10 @@ class SiteStatus(Schema):
     policyHits: dict[str, int] | None = None
     # The OS: running and target version, A/B slots, last upgrade outcome (kinds/os_upgrade.py).
     os: SiteOsStatus | None = None
+    # Latency and loss to the control plane, if the agent measures them (docs/health.md).
+    link: LinkStats | None = None
+    # Server-owned (like identity): the health score, kept across site reports.
+    health: SiteHealth | None = None
 
 
 SITE = KindInfo(

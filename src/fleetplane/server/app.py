@@ -14,15 +14,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import fleetplane
+from fleetplane.controllers.health_controller import HealthController
+from fleetplane.controllers.history import HistoryController
 from fleetplane.controllers.liveness import LivenessController
 from fleetplane.controllers.manifests import ManifestController
 from fleetplane.controllers.membership import MembershipController
 from fleetplane.controllers.policy_hits import PolicyHitsController
+from fleetplane.controllers.rollouts import RolloutController
 from fleetplane.core.errors import ApiError, Cause
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import REGISTRY
-from fleetplane.server import native, onboarding, site_api, site_manifest_api
+from fleetplane.server import metrics as metrics_api
+from fleetplane.server import native, onboarding, plan, site_api, site_manifest_api
+from fleetplane.server import vk8s as vk8s_api
 from fleetplane.server.bootstrap import ensure_admin
 from fleetplane.server.context import ServerContext, ServerSettings
 from fleetplane.server.identity import IdentityService
@@ -99,6 +104,11 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
             asyncio.create_task(_compactor(ctx), name="compactor"),
             asyncio.create_task(ident.watch(), name="identity-watch"),
         ]
+        # Every replica keeps the health view (reads, /metrics); the leader also writes it.
+        health = ctx.extras["health"] = HealthController(
+            the_store, hub, offline_after=settings.offline_after, write=False
+        )
+        tasks.append(asyncio.create_task(health.run(), name="health"))
         if settings.run_controllers:
             membership = MembershipController(the_store, hub)
             ctx.extras["membership"] = membership
@@ -107,9 +117,19 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                 the_store, hub, offline_after=settings.offline_after
             )
             policy_hits = ctx.extras["policy_hits"] = PolicyHitsController(the_store, hub)
+            history = ctx.extras["history"] = HistoryController(the_store, hub)
+            rollouts = ctx.extras["rollouts"] = RolloutController(the_store, hub)
 
             async def run_controllers() -> None:
-                await asyncio.gather(membership.run(), manifests.run(), liveness.run(), policy_hits.run())
+                health.enable_writes()
+                await asyncio.gather(
+                    membership.run(),
+                    manifests.run(),
+                    liveness.run(),
+                    policy_hits.run(),
+                    history.run(),
+                    rollouts.run(),
+                )
 
             tasks.append(asyncio.create_task(_leader_loop(ctx, run_controllers), name="controllers"))
         try:
@@ -132,6 +152,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         default_response_class=JsonResponse,
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(metrics_api.RequestMetrics, registry=metrics_api.request_registry(app.state))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JsonResponse:
@@ -176,6 +197,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
     app.include_router(onboarding.router)
     app.include_router(site_api.router)
     app.include_router(site_manifest_api.router)
+    app.include_router(plan.router)  # before native: /plan is not a plural
+    app.include_router(vk8s_api.router)  # before native: one VK8s per namespace on create
+    app.include_router(metrics_api.router)  # before native: /virtualsites/{name}/health
     app.include_router(native.router)
     kind_schemas(app, REGISTRY)
     return app

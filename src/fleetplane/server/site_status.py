@@ -46,6 +46,7 @@ def validated_status(site: str, wanted: dict[str, Any]) -> dict[str, Any]:
         raise forbidden("Forbidden: a site cannot decommission itself; the operator does")
     wanted = {**wanted, "phase": "Online", "lastSeen": now_rfc3339()}
     wanted.pop("identity", None)  # the server's record of the certificate, never the site's
+    wanted.pop("health", None)  # the health controller's score, never the site's own
     assert SITE.status_model is not None
     try:
         parsed = SITE.status_model.model_validate(wanted)
@@ -118,6 +119,8 @@ def _write_one(tx: StoreBatch, report: _Report) -> Obj:
             f'"{report.site}" (superseded or revoked)'
         )
     status = {**report.status, "identity": identity} if identity else report.status
+    if current.get("health"):  # server-owned: the health controller's, kept like identity
+        status = {**status, "health": current["health"]}
     return tx.update(report.tenant, {**site, "status": status}, part="status")
 
 

@@ -1,34 +1,51 @@
 """The ``host`` driver: a site that is one Linux host whose firewall fleetplane owns
 through nftables.
 
-Section ``networkPolicy`` (the rule shape of the sim's traffic model,
-``simmodel.traffic``)::
+Section ``networkPolicies`` (docs/site-manifest.md, "Policy sections"; the sim's model,
+``simmodel.traffic`` and ``simmodel.policy_sections``, is the reference behaviour)::
 
-    name: edge
-    defaultAction: deny            # allow | deny, the policy of both chains
-    rules:                         # ordered; the first match decides
-      - {name: registry, direction: egress, action: allow,
-         domains: [registry.fleetplane.io, "*.fleetplane.io"], cidrs: [10.0.0.0/8],
-         protocol: tcp, ports: [443]}
+    policies:                        # every policy targeting the site, in order
+      - policy: default/github       # <namespace>/<name>: the hit key prefix
+        generation: 2
+        egress:                      # ingress: the same; a direction left out is not governed
+          defaultAction: deny        # allow (default) | deny
+          rules:                     # ordered; the first match decides within the policy
+            - {name: allow-github, action: allow, domains: [github.com, "*.github.com"],
+               cidrs: [140.82.112.0/20], protocol: TCP, ports: [443],
+               portRanges: [{start: 8000, end: 8100}]}
 
-is rendered into one complete ruleset, ``table inet fleetplane``, replaced atomically
-(``table …; delete table …; table … {…}`` in one ``nft -f`` transaction):
+is rendered (``nft_policies``) into one complete ruleset, ``table inet fleetplane``,
+replaced atomically (``table …; delete table …; table … {…}`` in one ``nft -f``):
 
-* chains ``ingress`` (hook input) and ``egress`` (hook output), ``policy`` from
-  ``defaultAction``; each starts with ``ct state established,related accept`` and a
-  loopback accept, so the policy rules (and their counters) see the first packets of
-  new connections, the nearest thing to the sim's "one hit per flow";
-* one named counter per rule (``comment "<policy>/<rule>"``) plus ``<policy>/default``
-  counted just before the chain policy applies; ``observe()`` reads them back by
-  parsing ``nft -j list ruleset`` (``parse_policy_hits``; counts are packets);
+* base chains ``output`` (hook output) and ``input`` (hook input), ``policy accept``;
+  each starts with ``ct state established,related accept`` and a loopback accept, so
+  the policy rules (and their counters) see the first packets of new connections, the
+  nearest thing to the sim's "one hit per flow"; then one ``jump`` per policy governing
+  that direction, in policy order;
+* one chain per policy and direction (``p<index>_egress``/``p<index>_ingress``): a
+  matching allow rule counts and ``return``s (so the next policy decides too), a
+  matching deny rule counts and drops, and the end of the chain counts on the default
+  counter and returns (``allow``) or drops (``deny``): a flow passes only if every
+  policy governing it allows it;
+* one named counter per hit key (``<ns>/<policy>/<rule>``, ``<ns>/<policy>/default-egress``
+  / ``default-ingress``), named ``counter_name(key)`` (keys do not fit nftables names)
+  with the key as comment when it fits; ``observe()`` parses ``nft -j list ruleset``
+  and reports hits (packets) under the keys, through the map of the loaded ruleset.
+  A reload keeps the counts of policies whose rules did not change (they are read just
+  before and loaded as the counters' starting values); a changed policy starts at 0;
+* protocol ``TCP``/``UDP`` with ports and port ranges as an nftables interval set,
+  ``ANY`` with ports as tcp/udp/sctp, ``ICMP`` (v4 and v6) without ports;
 * CIDRs go into interval sets per rule and family; domains into per-rule address sets
   filled from an injected ``resolver`` at render time. Names resolve to addresses only
   at that moment: a real host needs DNS-driven set updates (e.g. a resolver that adds
   answers to the ``*_d4``/``*_d6`` sets) to follow changing addresses, and a wildcard
-  (``*.example.com``) cannot be enumerated at all — its sets stay empty unless the
-  resolver answers for the pattern. Neither is implemented here.
+  (``*.example.com``, its subdomains only) cannot be enumerated at all — its sets stay
+  empty unless the resolver answers for the pattern. Neither is implemented here.
 
-Forwarded traffic (containers, VMs behind the host) is not filtered: only input/output.
+One item per policy (``{section: networkPolicies, name: <ns>/<name>, state}``); an entry
+that cannot be read, or that ``nft -c`` refuses on its own, fails alone and the others
+are enforced. No section: the table is removed. Forwarded traffic (containers, VMs
+behind the host) is not filtered: only input/output.
 
 What is verified, and what is not: the tests render rulesets and check them with the
 real ``nft -c -f`` (the kernel's own validation of the batch, without committing it),
@@ -41,10 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ipaddress
-import json
 import os
-import re
 import socket
 import subprocess
 import tempfile
@@ -54,23 +68,22 @@ from pathlib import Path
 from typing import Any
 
 from fleetplane.agent.drivers.base import Allocatable, ItemStatus, NodeInfo, Observation, Usage
-from fleetplane.agent.drivers.simmodel.traffic import NetworkPolicy, Rule
+from fleetplane.agent.drivers.nft_policies import (
+    SECTION,
+    EnforcedPolicy,
+    Resolver,
+    RulesetError,
+    parse_counters,
+    parse_policy_hits,
+    parse_section,
+    removal_ruleset,
+    render_ruleset,
+)
 
-__all__ = ["HostDriver", "Resolver", "RulesetError", "parse_policy", "parse_policy_hits", "render_ruleset"]
-__all__ += ["removal_ruleset", "system_resolver"]
+__all__ = ["HostDriver", "Resolver", "RulesetError", "parse_policy_hits", "removal_ruleset", "render_ruleset"]
+__all__ += ["system_resolver"]
 
-TABLE = "fleetplane"
-SECTION = "networkPolicy"
-PROTOCOLS = ("any", "tcp", "udp", "sctp", "icmp", "icmpv6")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_DOMAIN = re.compile(r"^(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
-
-Resolver = Callable[[str], Sequence[str]]
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
-
-
-class RulesetError(ValueError):
-    """The section cannot be rendered (bad shape or values)."""
 
 
 def system_resolver(domain: str) -> list[str]:
@@ -86,189 +99,6 @@ def system_resolver(domain: str) -> list[str]:
 
 def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
-
-
-# --- the section -------------------------------------------------------------------
-
-
-def parse_policy(section: Any) -> NetworkPolicy:
-    """The section as the sim's ``NetworkPolicy``, with the host's extra checks (names
-    usable in nftables, known protocols, port ranges, valid domains)."""
-    if not isinstance(section, Mapping):
-        raise RulesetError("the networkPolicy section must be an object")
-    name, default = section.get("name"), section.get("defaultAction", "deny")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise RulesetError(f"networkPolicy.name must match {_NAME.pattern}, not {name!r}")
-    if default not in ("allow", "deny"):
-        raise RulesetError(f"networkPolicy.defaultAction must be allow or deny, not {default!r}")
-    raw_rules = section.get("rules") or []
-    if not isinstance(raw_rules, list):
-        raise RulesetError("networkPolicy.rules must be a list")
-    rules = [_parse_rule(i, r) for i, r in enumerate(raw_rules)]
-    try:
-        return NetworkPolicy(name, tuple(rules), default)
-    except ValueError as exc:
-        raise RulesetError(str(exc)) from exc
-
-
-def _strings(rule: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    values = rule.get(key) or []
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise RulesetError(f"{where}.{key} must be a list of strings")
-    return tuple(values)
-
-
-def _parse_rule(index: int, rule: Any) -> Rule:
-    where = f"networkPolicy.rules[{index}]"
-    if not isinstance(rule, Mapping):
-        raise RulesetError(f"{where} must be an object")
-    name, protocol = rule.get("name"), rule.get("protocol", "any")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise RulesetError(f"{where}.name must match {_NAME.pattern}, not {name!r}")
-    if protocol not in PROTOCOLS:
-        raise RulesetError(f"{where}.protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
-    domains, cidrs = _strings(rule, "domains", where), _strings(rule, "cidrs", where)
-    for domain in domains:
-        if not _DOMAIN.match(domain):
-            raise RulesetError(f"{where}: {domain!r} is not a domain or *.domain")
-    for cidr in cidrs:
-        try:
-            ipaddress.ip_network(cidr, strict=False)
-        except ValueError as exc:
-            raise RulesetError(f"{where}: {exc}") from exc
-    ports = rule.get("ports") or []
-    if not isinstance(ports, list) or not all(
-        isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 65535 for p in ports
-    ):
-        raise RulesetError(f"{where}.ports must be a list of integers 1-65535")
-    if ports and protocol in ("icmp", "icmpv6"):
-        raise RulesetError(f"{where}: {protocol} has no ports")
-    try:
-        return Rule(
-            name,
-            rule.get("direction"),  # type: ignore[arg-type]  # checked by Rule
-            rule.get("action"),  # type: ignore[arg-type]
-            domains=domains,
-            cidrs=cidrs,
-            protocol=str(protocol),
-            ports=tuple(ports),
-        )
-    except ValueError as exc:
-        raise RulesetError(f"{where}: {exc}") from exc
-
-
-# --- rendering ---------------------------------------------------------------------
-
-
-def _ident(index: int, name: str) -> str:
-    return f"r{index}_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
-
-
-def _proto_match(rule: Rule) -> str:
-    ports = ", ".join(str(p) for p in sorted(set(rule.ports)))
-    if rule.protocol == "any":
-        return f"meta l4proto {{ tcp, udp, sctp }} th dport {{ {ports} }} " if ports else ""
-    if rule.protocol == "icmp":
-        return "meta l4proto icmp "
-    if rule.protocol == "icmpv6":
-        return "meta l4proto ipv6-icmp "
-    return f"meta l4proto {rule.protocol} " + (f"th dport {{ {ports} }} " if ports else "")
-
-
-def _set(name: str, family: str, elements: Sequence[str]) -> str:
-    kind = "ipv4_addr" if family == "ip" else "ipv6_addr"
-    body = f"type {kind}; flags interval; auto-merge;"
-    if elements:
-        body += f" elements = {{ {', '.join(elements)} }};"
-    return f"\tset {name} {{ {body} }}"
-
-
-def _split(addresses: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Addresses or networks, normalised and de-duplicated, by family (v4, v6)."""
-    v4: set[ipaddress.IPv4Network] = set()
-    v6: set[ipaddress.IPv6Network] = set()
-    for text in addresses:
-        net = ipaddress.ip_network(text, strict=False)
-        if isinstance(net, ipaddress.IPv4Network):
-            v4.add(net)
-        else:
-            v6.add(net)
-    v4s = [
-        n.with_prefixlen if n.prefixlen < 32 else str(n.network_address)
-        for n in ipaddress.collapse_addresses(v4)
-    ]
-    v6s = [
-        n.with_prefixlen if n.prefixlen < 128 else str(n.network_address)
-        for n in ipaddress.collapse_addresses(v6)
-    ]
-    return v4s, v6s
-
-
-def render_ruleset(policy: NetworkPolicy, resolver: Resolver) -> str:
-    """The complete nftables ruleset (an ``nft -f`` file) for ``policy``."""
-    verdict = {"allow": "accept", "deny": "drop"}
-    counters = [f'\tcounter default {{ comment "{policy.name}/default"; }}']
-    sets: list[str] = []
-    chains: dict[str, list[str]] = {"ingress": [], "egress": []}
-    for index, rule in enumerate(policy.rules):
-        ident = _ident(index, rule.name)
-        counters.append(f'\tcounter {ident} {{ comment "{policy.name}/{rule.name}"; }}')
-        side = "daddr" if rule.direction == "egress" else "saddr"
-        action = f'counter name "{ident}" {verdict[rule.action]}'
-        proto = _proto_match(rule)
-        if not rule.domains and not rule.cidrs:
-            chains[rule.direction].append(f"\t\t{proto}{action}")
-            continue
-        refs: list[tuple[str, str]] = []  # (family, set name)
-        if rule.domains:
-            resolved: list[str] = []
-            for domain in rule.domains:
-                resolved.extend(resolver(domain))
-            d4, d6 = _split(resolved)
-            sets += [_set(f"{ident}_d4", "ip", d4), _set(f"{ident}_d6", "ip6", d6)]
-            refs += [("ip", f"{ident}_d4"), ("ip6", f"{ident}_d6")]
-        n4, n6 = _split(rule.cidrs)
-        for family, suffix, elements in (("ip", "n4", n4), ("ip6", "n6", n6)):
-            if elements:
-                sets.append(_set(f"{ident}_{suffix}", family, elements))
-                refs.append((family, f"{ident}_{suffix}"))
-        for family, set_name in refs:
-            chains[rule.direction].append(f"\t\t{proto}{family} {side} @{set_name} {action}")
-    policy_word = verdict[policy.default_action]
-    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}", f"table inet {TABLE} {{", *counters, *sets]
-    for chain, hook, lo in (("ingress", "input", "iifname"), ("egress", "output", "oifname")):
-        lines += [
-            f"\tchain {chain} {{",
-            f"\t\ttype filter hook {hook} priority filter; policy {policy_word};",
-            "\t\tct state established,related accept",
-            f'\t\t{lo} "lo" accept',
-            *chains[chain],
-            '\t\tcounter name "default"',
-            "\t}",
-        ]
-    lines.append("}")
-    return "\n".join(lines) + "\n"
-
-
-def removal_ruleset() -> str:
-    """Removes the table (whether or not it exists) in one transaction."""
-    return f"table inet {TABLE}\ndelete table inet {TABLE}\n"
-
-
-def parse_policy_hits(nft_json: str, table: str = TABLE) -> dict[str, int]:
-    """``{"<policy>/<rule>": packets}`` from ``nft -j list ruleset`` output: the named
-    counters of ``table inet <table>``, keyed by their comment (or name)."""
-    doc = json.loads(nft_json)
-    hits: dict[str, int] = {}
-    for entry in doc.get("nftables", []):
-        counter = entry.get("counter") if isinstance(entry, dict) else None
-        if not isinstance(counter, dict):
-            continue
-        if counter.get("family") != "inet" or counter.get("table") != table:
-            continue
-        key = counter.get("comment") or counter.get("name")
-        hits[str(key)] = int(counter.get("packets", 0))
-    return hits
 
 
 # --- the host ----------------------------------------------------------------------
@@ -297,7 +127,12 @@ def _os_version() -> str | None:
 
 @dataclasses.dataclass
 class _Applied:
+    """What this process loaded last: the ruleset (as rendered without carried counts),
+    its counters (name -> hit key; None until something is loaded) and its policies."""
+
     text: str | None = None
+    counters: dict[str, str] | None = None
+    policies: dict[str, EnforcedPolicy] = dataclasses.field(default_factory=dict)
 
 
 class HostDriver:
@@ -325,37 +160,93 @@ class HostDriver:
         sections: Mapping[str, Any] = spec.get("sections") or {}
         items: list[ItemStatus] = []
         if SECTION in sections:
-            items.append(self._apply_policy(sections[SECTION]))
+            items += self._apply_policies(sections[SECTION])
         elif self._applied.text != removal_ruleset():
             why = self._load(removal_ruleset())
             if why:
                 items.append(ItemStatus(SECTION, SECTION, "Failed", why))
+            else:
+                self._applied = _Applied(removal_ruleset(), {}, {})
         for section in sorted(set(sections) - {SECTION}):
             why = f"the host driver does not support section {section!r}"
             items.append(ItemStatus(section, section, "Failed", why))
         return items
 
-    def _apply_policy(self, section: Any) -> ItemStatus:
-        name = section.get("name") if isinstance(section, Mapping) else None
-        item = name if isinstance(name, str) and name else SECTION
+    def _apply_policies(self, section: Any) -> list[ItemStatus]:
+        """Every readable entry enforced together; when ``nft`` refuses the ruleset, each
+        policy is checked alone and the ones refused on their own fail alone."""
+        entries = parse_section(section)
+        policies = [e for e in entries if isinstance(e, EnforcedPolicy)]
+        answers: dict[str, list[str]] = {}  # one resolution per name per apply
+
+        def resolve(domain: str) -> list[str]:
+            return answers.setdefault(domain, list(self.resolver(domain)))
+
+        failed: dict[str, str] = {}
+        why = self._enforce(policies, resolve)
+        if why is not None and policies:
+            for policy in policies:
+                try:
+                    alone = self.check(render_ruleset([policy], resolve).text)
+                except (RulesetError, ValueError) as exc:
+                    alone = str(exc)
+                if alone:
+                    failed[policy.name] = alone
+            rest = [p for p in policies if p.name not in failed]
+            if len(rest) < len(policies):
+                why = self._enforce(rest, resolve)
+            failed.update({p.name: why for p in rest if why})
+        items: list[ItemStatus] = []
+        for entry in entries:
+            if isinstance(entry, ItemStatus):
+                items.append(entry)
+            elif entry.name in failed:
+                items.append(ItemStatus(SECTION, entry.name, "Failed", failed[entry.name]))
+            else:
+                items.append(ItemStatus(SECTION, entry.name, "Applied"))
+        return items
+
+    def _enforce(self, policies: Sequence[EnforcedPolicy], resolve: Resolver) -> str | None:
+        """Loads the ruleset of ``policies`` unless it is loaded already (reloading would
+        reset the counters); the counters of unchanged policies keep their counts."""
         try:
-            text = render_ruleset(parse_policy(section), self.resolver)
+            ruleset = render_ruleset(policies, resolve)
         except (RulesetError, ValueError) as exc:
-            return ItemStatus(SECTION, item, "Failed", str(exc))
-        if text == self._applied.text:  # reloading would reset the counters
-            return ItemStatus(SECTION, item, "Applied")
+            return str(exc)
+        if ruleset.text == self._applied.text:
+            return None
+        unchanged = {p.name for p in policies if self._applied.policies.get(p.name) == p}
+        keep = {n for n, key in (self._applied.counters or {}).items() if key.rsplit("/", 1)[0] in unchanged}
+        text = ruleset.text
+        if keep:
+            carry = {name: counts for name, counts in self._counts().items() if name in keep}
+            text = render_ruleset(policies, resolve, carry).text
         why = self._load(text)
-        return ItemStatus(SECTION, item, "Failed", why) if why else ItemStatus(SECTION, item, "Applied")
+        if why is None:
+            self._applied = _Applied(ruleset.text, dict(ruleset.counters), {p.name: p for p in policies})
+        return why
+
+    def _list(self) -> str | None:
+        """``nft -j list ruleset``, or None when it cannot be read."""
+        try:
+            done = self.run([self.nft, "-j", "list", "ruleset"])
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    def _counts(self) -> dict[str, tuple[int, int]]:
+        listed = self._list()
+        try:
+            return parse_counters(listed) if listed else {}
+        except (ValueError, TypeError, AttributeError):
+            return {}
 
     def check(self, text: str) -> str | None:
         """``nft -c -f``: why the ruleset is refused, or None."""
         return self._nft(text, check=True)
 
     def _load(self, text: str) -> str | None:
-        why = self._nft(text, check=True) or self._nft(text, check=False)
-        if why is None:
-            self._applied.text = text
-        return why
+        return self._nft(text, check=True) or self._nft(text, check=False)
 
     def _nft(self, text: str, *, check: bool) -> str | None:
         with tempfile.NamedTemporaryFile("w", suffix=".nft", delete=False) as f:
@@ -374,10 +265,12 @@ class HostDriver:
             os.unlink(path)
 
     def policy_hits(self) -> dict[str, int]:
-        done = self.run([self.nft, "-j", "list", "ruleset"])
-        if done.returncode != 0:
+        """Packets per hit key of the loaded ruleset (``{}`` when nft cannot be read)."""
+        listed = self._list()
+        try:
+            return parse_policy_hits(listed, self._applied.counters) if listed else {}
+        except (ValueError, TypeError, AttributeError):
             return {}
-        return parse_policy_hits(done.stdout)
 
     async def observe(self) -> Observation:
         return await asyncio.to_thread(self.observe_sync)

@@ -1,0 +1,706 @@
+"""Rolling upgrades: a fleet-level run, the engine's own cost, and patching 100 sites with real
+install times.
+
+* fleet (the figure the issue asks for): a real server process (SQLite) and ``fleet_sites``
+  simulated sites from ``fleetplane simulate`` worker processes (real agent cores over mTLS, long-polling
+  their manifests; ``bench/fanout.py``'s helpers), a VirtualSite selecting them and a
+  ResourceReservation on it, applied by every site at revision 1. Then one change of it to
+  revision 2 with ``spec.strategy: {type: rolling, batchSize: fleet_batch}`` (10 waves). The
+  sim driver applies a reservation at once apart from the profile's apply latency
+  (``apply_latency_s``, 50 ms): install time 0. Timed from sending the write to the arrival of
+  the last site's report (native-API watch on Sites) of a manifest that carries revision 2
+  (watch on SiteManifests: ``sections.reservations.revisions[default/NAME] == 2``, the report's
+  ``status.manifest.generation`` at least that manifest's, state Applied). The sites' own work
+  is, per wave, the slowest site's time from its new manifest arriving on the watch to its
+  Applied report arriving on the watch (so it includes the long-poll wake-up, HTTP/TLS, the
+  agent's apply and report and the server's status write), summed over the waves; the
+  control-plane overhead is total minus that (target <= 2 s). A second overhead figure
+  subtracts only the profile's apply latency x waves (the strictest reading of "the sites'
+  own work"). At the end the Rollout's status must say Completed with 10 waves.
+* engine-only overhead (in-process, not a fleet): ``sites`` sites, rolling in batches
+  of ``batch``, install time 0, driving the pure engine (``controllers.rollout.step``)
+  with real SQLite writes (synchronous=FULL): build the observations and ``step``; write the
+  Rollout's status whenever it changes; compile and write the handed-out sites' manifests
+  (the real ``os`` contributor, one transaction per wave); write the sites' status reports
+  (one group commit per wave, as ``StatusWriter`` does). Not included: HTTP, TLS, the agents'
+  long-poll wake-ups, the RolloutController's pacing between rounds.
+* patch100 (engine-only, virtual time): 100 sites on the sim driver's own OS A/B model
+  (``OsSlots``: install 120 s, reboot 60 s, health check 30 s, the ``default`` profile),
+  reporting every second as the agent core does while an item is in progress; rolling in 2
+  waves of 50, ``maxFailures: 2``. Figure: simulated seconds until ``Completed`` (target
+  < 600 s, the "patch 100 sites in under 10 minutes" requirement), plus the engine's real CPU
+  for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import Report
+from bench.fanout import (
+    API,
+    FLEET_LABEL,
+    HEARTBEAT_QUICK_S,
+    HEARTBEAT_S,
+    Server,
+    Watcher,
+    start_simulator,
+    wait_onboarded,
+)
+from bench.procs import cpu_s, stop_process
+from fleetplane.agent.drivers.simmodel.engine import EventQueue
+from fleetplane.agent.drivers.simmodel.os_section import OsSection
+from fleetplane.agent.drivers.simmodel.os_slots import OsSlots
+from fleetplane.agent.drivers.simmodel.profile import PROFILES
+from fleetplane.controllers.os_sections import OsContributor
+from fleetplane.controllers.rollout import RolloutState, SiteObservation, Strategy, initial_state, step
+from fleetplane.controllers.sections import manifest_hash
+from fleetplane.core.objects import Obj
+from fleetplane.core.store import Store, open_store
+from fleetplane.kinds import OS_UPGRADE, ROLLOUT, SITE, SITE_MANIFEST
+from fleetplane.kinds.rollout import rollout_name
+
+SECTION = "rollout"
+TENANT = "bench"
+NS = "ops"
+OVERHEAD_TARGET_S = 2.0
+PATCH_TARGET_S = 600.0
+OLD, NEW = 1, 2
+OLD_VERSION, NEW_VERSION = "fleetos-1.4.2", "fleetos-1.5.0"
+STOPPED = frozenset({"Completed", "Failed", "Aborted", "RolledBack"})
+
+
+@dataclass(frozen=True)
+class RolloutSizes:
+    sites: int  # engine-only overhead
+    batch: int
+    patch_sites: int
+    patch_batch: str
+    fleet_sites: int  # the fleet run
+    fleet_batch: int
+    fleet_processes: int
+    fleet_heartbeat_s: int
+    fleet_timeout_s: float
+
+    @classmethod
+    def for_run(cls, quick: bool) -> RolloutSizes:
+        if quick:
+            return cls(
+                sites=200,
+                batch=20,
+                patch_sites=100,
+                patch_batch="50%",
+                fleet_sites=20,
+                fleet_batch=2,
+                fleet_processes=1,
+                fleet_heartbeat_s=HEARTBEAT_QUICK_S,
+                fleet_timeout_s=60.0,
+            )
+        return cls(
+            sites=1000,
+            batch=100,
+            patch_sites=100,
+            patch_batch="50%",
+            fleet_sites=1000,
+            fleet_batch=100,
+            fleet_processes=2,
+            fleet_heartbeat_s=HEARTBEAT_S,
+            fleet_timeout_s=300.0,
+        )
+
+
+def _names(n: int) -> list[str]:
+    return [f"site-{i:05d}" for i in range(n)]
+
+
+def _intent(generation: int, version: str) -> Obj:
+    obj = OS_UPGRADE.normalize(
+        {
+            "metadata": {"name": "fleetos", "namespace": NS},
+            "spec": {"virtualSites": ["all"], "version": version},
+        }
+    )
+    obj["metadata"]["generation"] = generation
+    return obj
+
+
+# -- fleet: a real server and simulated sites over mTLS -------------------------------------------
+
+
+RESERVATION = "rollout-bench"
+VIRTUAL_SITE = "all-bench-sites"
+COMPLETED_WAIT_S = 15.0
+
+
+def _reservation(cpu: str, strategy: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"virtualSites": [VIRTUAL_SITE], "cpu": cpu, "memory": "512Mi"}
+    if strategy is not None:
+        spec["strategy"] = strategy
+    return {
+        "apiVersion": "fleetplane.io/v1",
+        "kind": "ResourceReservation",
+        "metadata": {"name": RESERVATION},
+        "spec": spec,
+    }
+
+
+def _carries(revision: int) -> Callable[[dict[str, Any]], bool]:
+    """Does a SiteManifest carry ``revision`` of the bench reservation?"""
+    source = f"default/{RESERVATION}"
+
+    def accept(manifest: dict[str, Any]) -> bool:
+        sections = (manifest.get("spec") or {}).get("sections") or {}
+        revisions = (sections.get("reservations") or {}).get("revisions") or {}
+        return bool(revisions.get(source) == revision)
+
+    return accept
+
+
+@dataclass
+class FleetRun:
+    sites: int  # connected and Applied before the change
+    onboard_s: float
+    write_ms: float
+    total_s: float  # write sent -> last site's Applied report of revision 2
+    waves: list[dict[str, Any]]  # per wave: sites, start/end (s after the write), slowest site
+    phase: str  # the Rollout's, at the end
+    status_waves: int
+    completed_s: float | None  # write -> the Rollout's phaseSince of Completed (server clock)
+    server_cpu_s: float
+    apply_latency_s: float
+
+
+def _fleet(sizes: RolloutSizes) -> FleetRun:
+    n, batch = sizes.fleet_sites, sizes.fleet_batch
+    with tempfile.TemporaryDirectory(prefix="fp-bench-rollout-") as tmp:
+        root = Path(tmp)
+        server = Server(root)
+        sim: subprocess.Popen[bytes] | None = None
+        watchers: list[Watcher] = []
+        try:
+            token = server.post(
+                f"{API}/registrationtokens",
+                {
+                    "apiVersion": "fleetplane.io/v1",
+                    "kind": "RegistrationToken",
+                    "metadata": {"name": "rollout"},
+                    "spec": {"autoAccept": True, "labels": {"fleet": FLEET_LABEL}},
+                },
+            )["status"]["token"]
+            server.post(
+                f"{API}/namespaces/default/virtualsites",
+                {
+                    "apiVersion": "fleetplane.io/v1",
+                    "kind": "VirtualSite",
+                    "metadata": {"name": VIRTUAL_SITE},
+                    "spec": {"selector": f"fleet={FLEET_LABEL}"},
+                },
+            )
+            # Revision 1, no strategy: every site gets it when it comes up.
+            server.post(f"{API}/namespaces/default/resourcereservations", _reservation("250m"))
+            t_onboard = time.perf_counter()
+            sim = start_simulator(server, root, n, sizes.fleet_processes, token, sizes.fleet_heartbeat_s)
+            onboard_s = wait_onboarded(
+                sim, root, n, sizes.fleet_processes, sizes.fleet_heartbeat_s, sizes.fleet_timeout_s, t_onboard
+            )
+            time.sleep(2.0)  # let the last reports settle
+
+            items, rv = server.sites()
+            before: dict[str, int] = {}
+            for site in items:
+                report = (site.get("status") or {}).get("manifest") or {}
+                if report.get("state") == "Applied":
+                    before[site["metadata"]["name"]] = int(report.get("generation") or 0)
+            reports = Watcher(server, rv, before)
+            manifests = Watcher(server, rv, dict.fromkeys(before, 0), "sitemanifests", accept=_carries(2))
+            watchers = [reports, manifests]
+            for watcher in watchers:
+                watcher.start()
+            for watcher in watchers:
+                watcher.ready.wait(30)
+            time.sleep(0.5)
+            strategy = {"type": "rolling", "batchSize": batch}
+            cpu0 = cpu_s(server.proc.pid)
+            wall0 = time.time()
+            t0 = time.perf_counter()
+            r = server.http.patch(
+                f"{API}/namespaces/default/resourcereservations/{RESERVATION}",
+                content=orjson.dumps({"spec": _reservation("500m", strategy)["spec"]}),
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+            write_ms = (time.perf_counter() - t0) * 1000
+            if r.status_code >= 400:
+                raise RuntimeError(f"PATCH reservation: {r.status_code} {r.text}")
+            generation = int(r.json()["metadata"]["generation"])
+            if generation != 2:
+                raise RuntimeError(f"the reservation is at generation {generation}, expected 2")
+            finished = reports.all_done.wait(sizes.fleet_timeout_s)
+            cpu1 = cpu_s(server.proc.pid)
+            manifests.all_done.wait(5)
+            rollout = _rollout_when_stopped(server, rollout_name("ResourceReservation", RESERVATION, 2))
+            if not finished:
+                raise RuntimeError(
+                    f"only {len(reports.done)}/{len(before)} sites reported revision 2 after "
+                    f"{sizes.fleet_timeout_s:.0f} s (Rollout phase {_phase(rollout)})"
+                    + (f" (watch: {reports.error})" if reports.error else "")
+                )
+            # A report counts only for a manifest that carries revision 2.
+            early = [
+                k
+                for k in reports.done
+                if k not in manifests.generation or reports.generation[k] < manifests.generation[k]
+            ]
+            if early:
+                raise RuntimeError(
+                    f"{len(early)} site(s) reported Applied before a manifest with revision 2 "
+                    f"was seen for them, e.g. {early[:3]}"
+                )
+        finally:
+            for watcher in watchers:
+                watcher.close()
+            if sim is not None:
+                stop_process(sim, group=True)
+            server.close()
+    status = rollout.get("status") or {}
+    total_s = max(reports.done.values()) - t0
+    waves = []
+    for wave in status.get("waves") or []:
+        names = [name for name in wave.get("sites") or [] if name in reports.done]
+        if not names:
+            continue
+        work = {name: reports.done[name] - manifests.done[name] for name in names}
+        slowest = max(work, key=lambda name: work[name])
+        waves.append(
+            {
+                "index": wave.get("index"),
+                "sites": len(names),
+                "first_manifest_s": min(manifests.done[k] for k in names) - t0,
+                "last_report_s": max(reports.done[k] for k in names) - t0,
+                "slowest_site": slowest,
+                "slowest_site_work_s": work[slowest],
+                "controller_started_s": _since(wave.get("startedAt"), wall0),
+                "controller_finished_s": _since(wave.get("finishedAt"), wall0),
+            }
+        )
+    completed = _since(status.get("phaseSince"), wall0) if status.get("phase") == "Completed" else None
+    return FleetRun(
+        sites=len(before),
+        onboard_s=onboard_s,
+        write_ms=write_ms,
+        total_s=total_s,
+        waves=waves,
+        phase=_phase(rollout),
+        status_waves=len(status.get("waves") or []),
+        completed_s=completed,
+        server_cpu_s=cpu1 - cpu0,
+        apply_latency_s=PROFILES["default"].apply_latency_s,
+    )
+
+
+def _since(at: Any, wall0: float) -> float | None:
+    return float(at) - wall0 if isinstance(at, int | float) else None
+
+
+def _phase(rollout: dict[str, Any]) -> str:
+    return str((rollout.get("status") or {}).get("phase") or "none")
+
+
+def _rollout_when_stopped(server: Server, name: str) -> dict[str, Any]:
+    """The Rollout, once its phase is a stopped one (or as it is after ``COMPLETED_WAIT_S``)."""
+    deadline = time.monotonic() + COMPLETED_WAIT_S
+    rollout: dict[str, Any] = {}
+    while True:
+        r = server.http.get(f"{API}/namespaces/default/rollouts/{name}")
+        if r.status_code == 200:
+            rollout = r.json()
+            if _phase(rollout) in STOPPED:
+                return rollout
+        if time.monotonic() > deadline:
+            return rollout
+        time.sleep(0.1)
+
+
+def _fleet_figures(report: Report, sizes: RolloutSizes) -> None:
+    n, batch = sizes.fleet_sites, sizes.fleet_batch
+    expected_waves = -(-n // batch)
+    try:
+        run = _fleet(sizes)
+    except RuntimeError as exc:
+        report.notes.append(
+            f"rollout: the fleet run ({n:,} sites) FAILED, no fleet figures: {str(exc)[:600]}"
+        )
+        return
+    key = f"fleet_{n}"
+    waves = run.waves
+    what = f"{run.sites:,} sim sites, rolling {batch}/wave"
+    sites_work = sum(w["slowest_site_work_s"] for w in waves)
+    floor = run.apply_latency_s * len(waves)
+    report.add(SECTION, f"{key}.sites", f"fleet: {what}: sites connected and Applied", run.sites, "sites")
+    report.add(
+        SECTION, f"{key}.onboard_s", "  onboarding until all Applied (untimed setup)", run.onboard_s, "s"
+    )
+    report.add(SECTION, f"{key}.write_ms", "  the write (PATCH, strategy + new spec)", run.write_ms, "ms")
+    report.add(
+        SECTION, f"{key}.total_s", "  write -> last site's Applied report of revision 2", run.total_s, "s"
+    )
+    report.add(
+        SECTION,
+        f"{key}.sites_work_s",
+        f"  sites' own work: sum over {len(waves)} waves of the slowest manifest -> report",
+        sites_work,
+        "s",
+    )
+    report.add(
+        SECTION,
+        f"{key}.overhead_s",
+        "  control-plane overhead = total - sites' own work",
+        run.total_s - sites_work,
+        "s",
+        target=OVERHEAD_TARGET_S,
+    )
+    report.add(
+        SECTION,
+        f"{key}.overhead_vs_apply_latency_s",
+        f"  overhead = total - apply latency x waves ({run.apply_latency_s * 1000:.0f} ms x {len(waves)})",
+        run.total_s - floor,
+        "s",
+        target=OVERHEAD_TARGET_S,
+    )
+    report.add(
+        SECTION,
+        f"{key}.waves",
+        f"  waves (Rollout status: {run.status_waves}, {run.phase})",
+        len(waves),
+        "waves",
+    )
+    if run.completed_s is not None:
+        report.add(
+            SECTION, f"{key}.completed_s", "  write -> Rollout Completed (server clock)", run.completed_s, "s"
+        )
+    report.add(SECTION, f"{key}.server_cpu_s", "  server CPU during the rollout", run.server_cpu_s, "s")
+    report.add(
+        SECTION,
+        f"{key}.wave_mean_s",
+        "  waves: span (1st manifest -> last report), mean",
+        sum(w["last_report_s"] - w["first_manifest_s"] for w in waves) / max(1, len(waves)),
+        "s (mean)",
+    )
+    prev_end = 0.0
+    gaps = []
+    for w in waves:
+        i = w["index"]
+        gap = w["first_manifest_s"] - prev_end
+        gaps.append(gap)
+        report.add(
+            SECTION,
+            f"{key}.wave{i:02d}.duration_s",
+            f"    wave {i} ({w['sites']}): span; slowest site {w['slowest_site_work_s'] * 1000:.0f} ms, "
+            f"gap {gap * 1000:.0f} ms",
+            w["last_report_s"] - w["first_manifest_s"],
+            "s",
+        )
+        prev_end = w["last_report_s"]
+    if gaps:
+        report.add(
+            SECTION,
+            f"{key}.gap_mean_ms",
+            "  gap (prev. last report, or the write -> 1st manifest), mean",
+            sum(gaps) / len(gaps) * 1000,
+            "ms",
+        )
+    # The gap split by the controller's own clock (server, epoch seconds; same host): wave k's
+    # finishedAt is the step that saw its last result, which starts wave k + 1.
+    react = [
+        b["controller_started_s"] - a["last_report_s"]
+        for a, b in itertools.pairwise(waves)
+        if b["controller_started_s"] is not None
+    ]
+    compile_ = [
+        w["first_manifest_s"] - w["controller_started_s"]
+        for w in waves
+        if w["controller_started_s"] is not None
+    ]
+    if react and compile_:
+        react_ms = sum(react) / len(react) * 1000
+        compile_ms = sum(compile_) / len(compile_) * 1000
+        report.add(
+            SECTION,
+            f"{key}.react_mean_ms",
+            "    of it: last report -> controller's step starting the next wave",
+            react_ms,
+            "ms",
+        )
+        report.add(
+            SECTION,
+            f"{key}.compile_mean_ms",
+            "    of it: that step -> first manifest stored",
+            compile_ms,
+            "ms",
+        )
+        overhead = run.total_s - sites_work
+        if overhead > OVERHEAD_TARGET_S:
+            report.notes.append(
+                f"rollout: fleet overhead MISS ({overhead:.2f} s > {OVERHEAD_TARGET_S:.0f} s): between waves "
+                f"{sum(gaps) / len(gaps) * 1000:.0f} ms on average = the RolloutController noticing the "
+                f"wave's last report ({react_ms:.0f} ms; it paces rounds by 4x their length, <= 0.5 s) + "
+                f"the compile writing the next wave's manifests ({compile_ms:.0f} ms)"
+            )
+    report.params[SECTION]["fleet_waves"] = waves
+    problems = []
+    if run.phase != "Completed":
+        problems.append(f"the Rollout's phase is {run.phase}, not Completed")
+    if run.status_waves != expected_waves or len(waves) != expected_waves:
+        problems.append(
+            f"{run.status_waves} waves in the Rollout's status ({len(waves)} seen), not {expected_waves}"
+        )
+    if run.sites < n:
+        problems.append(f"only {run.sites}/{n} sites came up")
+    if problems:
+        report.notes.append("rollout: fleet run: " + "; ".join(problems))
+
+
+# -- engine-only overhead: the control plane's work around 0-second installs --------------------
+
+
+class _Timers:
+    def __init__(self) -> None:
+        self.engine = self.status = self.manifests = self.reports = 0.0
+        self.steps = self.status_writes = 0
+        self.status_bytes = 0
+
+
+def _setup(store: Store, names: list[str], old: Obj, strategy: dict[str, Any]) -> None:
+    contributor = OsContributor()
+    with store.batch() as batch:
+        for name in names:
+            site = SITE.normalize({"metadata": {"name": name, "labels": {"env": "prod"}}, "spec": {}})
+            batch.create(TENANT, site)
+            sections = {"os": contributor.contribute([old], site)}
+            batch.create(TENANT, _manifest(name, sections))
+    rollout = ROLLOUT.normalize(
+        {
+            "metadata": {"name": "osupgrade-fleetos-2", "namespace": NS},
+            "spec": {
+                "intent": {
+                    "kind": "OsUpgrade",
+                    "name": "fleetos",
+                    "generation": NEW,
+                    "previousGeneration": OLD,
+                },
+                "strategy": strategy,
+            },
+        }
+    )
+    store.create(TENANT, rollout)
+
+
+def _manifest(name: str, sections: dict[str, Any]) -> Obj:
+    return SITE_MANIFEST.normalize(
+        {
+            "metadata": {"name": name},
+            "spec": {"site": name, "hash": manifest_hash(sections), "sections": sections},
+        }
+    )
+
+
+def _hand_out(store: Store, names: tuple[str, ...], new: Obj, t: _Timers) -> None:
+    """Compile and write the manifests of the sites handed out (one transaction), then the
+    sites' reports that they applied it (one group commit)."""
+    contributor = OsContributor()
+    start = time.perf_counter()
+    with store.batch() as batch:
+        for name in names:
+            site = {"kind": SITE.kind, "metadata": {"name": name, "labels": {"env": "prod"}}}
+            current = batch.get_or_none(TENANT, SITE_MANIFEST.kind, "", name)
+            obj = _manifest(name, {"os": contributor.contribute([new], site)})
+            if current is not None:
+                batch.update(TENANT, {**current, "spec": obj["spec"]}, part="main")
+    t.manifests += time.perf_counter() - start
+    start = time.perf_counter()
+    with store.batch() as batch:
+        for name in names:
+            current = batch.get_or_none(TENANT, SITE.kind, "", name)
+            if current is None:
+                continue
+            status = {
+                "phase": "Online",
+                "manifest": {
+                    "generation": 2,
+                    "state": "Applied",
+                    "items": [{"section": "os", "name": NEW_VERSION, "state": "Applied"}],
+                },
+                "osVersion": NEW_VERSION,
+            }
+            batch.update(TENANT, {**current, "status": status}, part="status")
+    t.reports += time.perf_counter() - start
+
+
+def _drive_overhead(store: Store, names: list[str], strategy: dict[str, Any]) -> tuple[RolloutState, _Timers]:
+    t = _Timers()
+    engine = Strategy.from_spec(strategy)
+    new = _intent(NEW, NEW_VERSION)
+    reported = dict.fromkeys(names, OLD)
+    labels = {"env": "prod"}
+    state = initial_state(NEW, OLD)
+    for _ in range(10 * len(names) + 10):
+        start = time.perf_counter()
+        obs = {n: SiteObservation(labels=labels, revision=reported[n], applied=True) for n in names}
+        result = step(state, engine, obs, time.time())
+        t.engine += time.perf_counter() - start
+        t.steps += 1
+        if result.changed:
+            start = time.perf_counter()
+            current = store.get(TENANT, ROLLOUT.kind, NS, "osupgrade-fleetos-2")
+            status = result.state.to_dict()
+            store.update(TENANT, {**current, "status": status}, part="status")
+            t.status += time.perf_counter() - start
+            t.status_writes += 1
+        if result.hand_out:
+            _hand_out(store, result.hand_out, new, t)
+            for name in result.hand_out:
+                reported[name] = NEW  # install time 0: applied as soon as it is handed out
+        state = result.state
+        if state.phase in STOPPED:
+            break
+    return state, t
+
+
+def _overhead(report: Report, sizes: RolloutSizes) -> None:
+    names = _names(sizes.sites)
+    strategy = {"type": "rolling", "batchSize": sizes.batch, "maxFailures": 0}
+    with tempfile.TemporaryDirectory(prefix="fleetplane-bench-rollout-") as tmp:
+        store = open_store(f"sqlite:///{Path(tmp) / 'store.db'}")
+        try:
+            _setup(store, names, _intent(OLD, OLD_VERSION), strategy)
+            start = time.perf_counter()
+            state, t = _drive_overhead(store, names, strategy)
+            total = time.perf_counter() - start
+            rollout = store.get(TENANT, ROLLOUT.kind, NS, "osupgrade-fleetos-2")
+        finally:
+            store.close()
+    if state.phase != "Completed" or state.counts["succeeded"] != sizes.sites:
+        raise RuntimeError(f"the rollout did not complete: {state.phase} {state.counts}")
+    waves = len(state.waves)
+    key = f"overhead_{sizes.sites}"
+    what = f"{sizes.sites:,} sites, {waves} waves of {sizes.batch}, install 0"
+    report.add(
+        SECTION,
+        f"{key}.total_s",
+        f"engine-only overhead (no fleet): {what}",
+        total,
+        "s",
+        target=OVERHEAD_TARGET_S,
+    )
+    report.add(SECTION, f"{key}.engine_s", "  engine steps (observations + step)", t.engine, "s")
+    report.add(SECTION, f"{key}.status_s", f"  Rollout status writes ({t.status_writes})", t.status, "s")
+    report.add(SECTION, f"{key}.manifests_s", "  manifest compile + write (1 txn/wave)", t.manifests, "s")
+    report.add(SECTION, f"{key}.reports_s", "  site status reports (1 group commit/wave)", t.reports, "s")
+    report.add(SECTION, f"{key}.steps", "  engine steps", t.steps, "steps")
+    report.add(SECTION, f"{key}.per_wave_ms", "  per wave", total / waves * 1000, "ms")
+    status_kb = len(orjson.dumps(rollout.get("status") or {})) / 1024
+    report.add(SECTION, f"{key}.status_kb", "  Rollout status size", status_kb, "KiB")
+
+
+# -- patch100: real A/B install times in virtual time ----------------------------------------------
+
+
+def _patch(profile_name: str, sites: int, batch: str) -> tuple[RolloutState, float, float]:
+    """Simulated seconds to Completed and the engine's real seconds, on the sim OS model."""
+    profile = PROFILES[profile_name]
+    queue = EventQueue(0.0)
+    models: dict[str, OsSection] = {}
+    for name in _names(sites):
+        slots = OsSlots(
+            OLD_VERSION,
+            queue,
+            install_s=profile.install_s,
+            reboot_s=profile.reboot_s,
+            health_check_s=profile.health_check_s,
+        )
+        models[name] = OsSection(slots)
+    engine = Strategy.from_spec({"type": "rolling", "batchSize": batch, "maxFailures": 2})
+    section = {"version": NEW_VERSION, "sources": [f"{NS}/fleetos"]}
+    handed: set[str] = set()
+    state = initial_state(NEW, OLD)
+    cpu = 0.0
+    now = 0.0
+    while now < 4 * 3600:
+        queue.run_until(now)
+        obs: dict[str, SiteObservation] = {}
+        for name, model in models.items():
+            if name not in handed:
+                model.apply(None, now)
+                obs[name] = SiteObservation(revision=OLD, applied=True)
+                continue
+            (item,) = model.apply(section, now)
+            failed = (f"os/{item.name}: {item.reason}",) if item.state == "Failed" else ()
+            obs[name] = SiteObservation(revision=NEW, applied=item.state == "Applied", failed=failed)
+        start = time.perf_counter()
+        result = step(state, engine, obs, now)
+        cpu += time.perf_counter() - start
+        handed.update(result.hand_out)
+        state = result.state
+        if state.phase in STOPPED:
+            return state, now, cpu
+        now += 1.0  # the agent core re-applies and reports about every second while in progress
+    return state, now, cpu
+
+
+def _patch100(report: Report, sizes: RolloutSizes) -> None:
+    profile = PROFILES["default"]
+    state, simulated, cpu = _patch("default", sizes.patch_sites, sizes.patch_batch)
+    if state.phase != "Completed":
+        raise RuntimeError(
+            f"patching {sizes.patch_sites} sites did not complete: {state.phase} {state.reason}"
+        )
+    per_site = profile.install_s + profile.reboot_s + profile.health_check_s
+    stages = (
+        f"install {profile.install_s:.0f} + reboot {profile.reboot_s:.0f} "
+        f"+ check {profile.health_check_s:.0f}"
+    )
+    label = (
+        f"engine-only patch {sizes.patch_sites} sites: {len(state.waves)} waves, "
+        f"{per_site:.0f} s/site ({stages})"
+    )
+    report.add(SECTION, "patch100.sim_s", label, simulated, "s (sim)", target=PATCH_TARGET_S)
+    report.add(SECTION, "patch100.engine_cpu_ms", "  engine CPU for it (real)", cpu * 1000, "ms")
+    edge = PROFILES["edge"]
+    state, simulated, _ = _patch("edge", sizes.patch_sites, "100%")
+    report.add(
+        SECTION,
+        "patch100.edge_one_wave_sim_s",
+        f"  edge profile ({edge.install_s + edge.reboot_s + edge.health_check_s:.0f} s/site), one wave",
+        simulated,
+        "s (sim)",
+    )
+
+
+def run(report: Report, quick: bool) -> None:
+    sizes = RolloutSizes.for_run(quick)
+    report.params[SECTION] = {
+        **sizes.__dict__,
+        "fleet_driver": "server process + fleetplane simulate processes (mTLS), RolloutController",
+        "engine_driver": "pure engine in-process (overhead_N, patch100; not the RolloutController)",
+        "backend": "sqlite, synchronous=FULL",
+    }
+    _fleet_figures(report, sizes)
+    _overhead(report, sizes)
+    _patch100(report, sizes)
+    report.notes.append(
+        "rollout: the fleet_N figures are a fleet run (server + sim sites over mTLS, the RolloutController); "
+        "sites' own work = per wave the slowest site's new manifest -> its Applied report, both as seen on "
+        "the watch (so it includes the long-poll wake-up, HTTP/TLS and the status write). "
+        "overhead_N and patch100 are engine-only, not a fleet run: the overhead figure covers engine steps "
+        "and the store writes a rollout causes (status, manifests, site reports), not HTTP/TLS, agent "
+        "wake-ups or the controller's pacing between rounds; patch100 is virtual time on the sim driver's "
+        "A/B model."
+    )

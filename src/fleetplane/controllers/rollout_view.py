@@ -1,0 +1,269 @@
+"""What the rollout controller knows, in memory: sites, membership, manifests, intents, Rollouts.
+
+``RolloutView`` is pure (no I/O): the controller folds every watch event in (``apply``) and
+asks it for the observations one rollout's ``step`` needs (``observations``). It maps what
+a site reports to intent revisions: a site reports the *manifest* generation it applied
+(``Site.status.manifest.generation``), and the compile writes into every section the
+revision of each intent it carries (``section_revisions``), so the view remembers, per
+site, the intent revisions of its last few manifests.
+
+**Health.** Until a health score exists (DESIGN item 6), a site's health is derived:
+``status.health.score`` (or a number in ``status.health``) when the site has one; otherwise
+0 when the site is not ``Online``, else ``100 * (1 - failed items / items)`` of the manifest
+it reports (100 with no items); unknown (``None``) while it has never reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetplane.controllers.membership import Membership, selector_of
+from fleetplane.controllers.rollout import RolloutState, SiteObservation, initial_state
+from fleetplane.controllers.sections import (
+    SECTIONS,
+    SectionRegistry,
+    VsKey,
+    per_intent_items,
+    section_revisions,
+    targets_of,
+)
+from fleetplane.core.objects import Obj, labels_of
+from fleetplane.core.store import Event, EventType
+from fleetplane.kinds import INTENT_REVISION, ROLLOUT, SITE, SITE_MANIFEST, VIRTUAL_SITE
+
+SiteKey = tuple[str, str]  # tenant, site
+Intent = tuple[str, str, str, str]  # tenant, kind, namespace, name
+RolloutKey = tuple[str, str, str]  # tenant, namespace, Rollout name
+Ident = tuple[str, str]  # kind, namespace/name: an intent as manifest sections name it
+# The revision of a site whose reported manifest this view does not know (yet): it matches
+# neither the rollout's revision nor its previous one, so the site simply waits.
+UNKNOWN = -1
+# Manifest generations remembered per site (a site reports one it applied a moment ago).
+MANIFESTS_KEPT = 4
+# On a Rollout: the uid of the intent it rolls out (a re-created intent starts afresh).
+INTENT_UID = "fleetplane.io/intent-uid"
+
+
+def site_health(status: Mapping[str, Any]) -> float | None:
+    """The health score, or the derived one (see the module docstring)."""
+    explicit = status.get("health")
+    if isinstance(explicit, dict):
+        explicit = explicit.get("score")
+    if isinstance(explicit, int | float) and not isinstance(explicit, bool):
+        return float(explicit)
+    report = status.get("manifest")
+    if not isinstance(report, dict):
+        return None
+    if status.get("phase") != "Online":
+        return 0.0
+    items = report.get("items") or []
+    if not items:
+        return 100.0
+    failed = sum(1 for i in items if i.get("state") == "Failed")
+    return round(100.0 * (1 - failed / len(items)), 1)
+
+
+@dataclass(frozen=True)
+class SiteView:
+    labels: dict[str, str]
+    report: dict[str, Any] | None  # Site.status.manifest
+    health: float | None
+
+    @classmethod
+    def of(cls, obj: Obj) -> SiteView:
+        status = obj.get("status") or {}
+        report = status.get("manifest")
+        return cls(dict(labels_of(obj)), report if isinstance(report, dict) else None, site_health(status))
+
+
+def _uid_of(obj: Obj) -> str:
+    return str(obj["metadata"].get("uid") or "")
+
+
+@dataclass
+class RolloutView:
+    sections: SectionRegistry = SECTIONS
+    membership: Membership = field(default_factory=Membership)
+    sites: dict[SiteKey, SiteView] = field(default_factory=dict)
+    manifests: dict[SiteKey, dict[int, dict[Ident, int]]] = field(default_factory=dict)
+    intents: dict[Intent, Obj] = field(default_factory=dict)
+    # Per intent: the virtual sites each revision targeted (from the intent and its history).
+    revision_targets: dict[Intent, dict[int, list[str]]] = field(default_factory=dict)
+    rollouts: dict[RolloutKey, Obj] = field(default_factory=dict)
+
+    # -- folding events in ----------------------------------------------------------------------
+
+    def apply(self, ev: Event) -> tuple[set[str], set[Intent]]:
+        """Fold one event in; return the tenants whose rollouts should step and the intents
+        whose Rollouts should be checked (created, superseded, collected)."""
+        deleted = ev.type is EventType.DELETED
+        obj, key = ev.object, (ev.tenant, ev.name)
+        if ev.kind == SITE.kind:
+            if deleted:
+                self.sites.pop(key, None)
+                self.manifests.pop(key, None)
+                self.membership.remove_site(*key)
+                return {ev.tenant}, set()
+            view = SiteView.of(obj)
+            old = self.sites.get(key)
+            self.sites[key] = view
+            if old is not None and old.labels == view.labels:
+                return ({ev.tenant} if old != view else set()), set()
+            self.membership.set_site(ev.tenant, ev.name, view.labels)
+            return {ev.tenant}, set()
+        if ev.kind == VIRTUAL_SITE.kind:
+            vs = (ev.tenant, ev.namespace, ev.name)
+            if deleted:
+                self.membership.remove_virtual_site(vs)
+            else:
+                generation = int(obj["metadata"].get("generation") or 1)
+                if not self.membership.set_virtual_site(vs, selector_of(obj), generation):
+                    return set(), set()
+            return {ev.tenant}, set()
+        if ev.kind == SITE_MANIFEST.kind:
+            return self._manifest(ev.tenant, ev.name, None if deleted else obj), set()
+        if ev.kind in self.sections.kinds:
+            intent = (ev.tenant, ev.kind, ev.namespace, ev.name)
+            if deleted:
+                self.intents.pop(intent, None)
+                self.revision_targets.pop(intent, None)
+            else:
+                before = self.intents.get(intent)
+                self.intents[intent] = obj
+                if before is not None and _uid_of(before) == _uid_of(obj):
+                    if before["metadata"].get("generation") == obj["metadata"].get("generation"):
+                        return set(), set()  # a status write (policy hits): nothing to do
+                elif before is not None:
+                    self.revision_targets.pop(intent, None)
+                generation = int(obj["metadata"].get("generation") or 1)
+                targets = list((obj.get("spec") or {}).get("virtualSites") or [])
+                self.revision_targets.setdefault(intent, {})[generation] = targets
+            return {ev.tenant}, {intent}
+        if ev.kind == INTENT_REVISION.kind and not deleted:
+            ref = (obj.get("spec") or {}).get("intent") or {}
+            intent = (ev.tenant, str(ref.get("kind")), ev.namespace, str(ref.get("name")))
+            current = self.intents.get(intent)
+            if current is not None and ref.get("uid") in (None, _uid_of(current)):
+                spec = (obj.get("spec") or {}).get("spec") or {}
+                targets = list(spec.get("virtualSites") or [])
+                self.revision_targets.setdefault(intent, {}).setdefault(int(ref["generation"]), targets)
+            return set(), set()
+        if ev.kind == ROLLOUT.kind:
+            rkey = (ev.tenant, ev.namespace, ev.name)
+            if deleted:
+                self.rollouts.pop(rkey, None)
+                return set(), set()
+            old_spec = (self.rollouts.get(rkey) or {}).get("spec")
+            self.rollouts[rkey] = obj
+            return ({ev.tenant} if old_spec != obj.get("spec") else set()), set()
+        return set(), set()
+
+    def _manifest(self, tenant: str, name: str, obj: Obj | None) -> set[str]:
+        key = (tenant, name)
+        if obj is None:
+            self.manifests.pop(key, None)
+            return set()
+        by_section = {c.section: c.kind for c in self.sections.all()}
+        revisions: dict[Ident, int] = {}
+        for section, body in ((obj.get("spec") or {}).get("sections") or {}).items():
+            kind = by_section.get(section)
+            if kind is not None and isinstance(body, dict):
+                for source, revision in section_revisions(body).items():
+                    revisions[(kind, source)] = revision
+        kept = self.manifests.setdefault(key, {})
+        kept[int(obj["metadata"].get("generation") or 0)] = revisions
+        for old in sorted(kept)[:-MANIFESTS_KEPT]:
+            del kept[old]
+        # The site may have reported this generation before the manifest event arrived.
+        site = self.sites.get(key)
+        reported = (site.report or {}).get("generation") if site is not None else None
+        return {tenant} if reported == obj["metadata"].get("generation") else set()
+
+    # -- what a rollout needs ----------------------------------------------------------------
+
+    def intent_of(self, key: RolloutKey) -> tuple[Intent, Obj] | None:
+        """The intent a Rollout rolls out, if it still exists (and is the same intent)."""
+        ro = self.rollouts[key]
+        ref = (ro.get("spec") or {}).get("intent") or {}
+        intent = (key[0], str(ref.get("kind")), key[1], str(ref.get("name")))
+        current = self.intents.get(intent)
+        if current is None:
+            return None
+        uid = (ro["metadata"].get("annotations") or {}).get(INTENT_UID)
+        if uid and uid != _uid_of(current):
+            return None
+        return intent, current
+
+    def by_intent(self, intent: Intent) -> dict[int, RolloutKey]:
+        tenant, kind, ns, name = intent
+        out = {}
+        for key, ro in self.rollouts.items():
+            ref = (ro.get("spec") or {}).get("intent") or {}
+            if key[:2] == (tenant, ns) and ref.get("kind") == kind and ref.get("name") == name:
+                out[int(ref.get("generation") or 0)] = key
+        return out
+
+    def targets(self, intent: Intent, revision: int) -> set[str]:
+        """The sites revision ``revision`` of the intent targets now (its virtual sites' members;
+        the current revision's when that revision's spec is not known)."""
+        by_revision = self.revision_targets.get(intent) or {}
+        refs = by_revision.get(revision)
+        if refs is None and by_revision:
+            refs = by_revision[max(by_revision)]
+        vss: set[VsKey] = targets_of(
+            intent[0], {"metadata": {"namespace": intent[2]}, "spec": {"virtualSites": refs or []}}
+        )
+        out: set[str] = set()
+        for vs in vss:
+            virtual = self.membership.virtual.get(vs)
+            if virtual is not None:
+                out |= virtual.members
+        return out
+
+    def state_of(self, key: RolloutKey) -> RolloutState:
+        ro = self.rollouts[key]
+        status = ro.get("status") or {}
+        if "revision" in status:
+            return RolloutState.from_dict(status)
+        ref = (ro.get("spec") or {}).get("intent") or {}
+        prev = ref.get("previousGeneration")
+        return initial_state(int(ref.get("generation") or 1), int(prev) if prev else None)
+
+    def observations(
+        self, intent: Intent, state: RolloutState, names: set[str]
+    ) -> dict[str, SiteObservation]:
+        tenant, kind, ns, name = intent
+        ident: Ident = (kind, f"{ns}/{name}")
+        contributor = self.sections.get(kind)
+        section, per_item = contributor.section, per_intent_items(contributor)
+        out: dict[str, SiteObservation] = {}
+        for site in names:
+            view = self.sites.get((tenant, site))
+            if view is None:
+                continue
+            report = view.report or {}
+            generation = report.get("generation")
+            known = self.manifests.get((tenant, site), {})
+            revision: int | None = UNKNOWN
+            if isinstance(generation, int) and generation in known:
+                actual = known[generation].get(ident)
+                # Anything but this rollout's revision counts as "back where it was".
+                revision = state.revision if actual == state.revision else state.previousRevision
+            items = [
+                i
+                for i in report.get("items") or []
+                if i.get("section") == section and (not per_item or i.get("name") == ident[1])
+            ]
+            failed = tuple(
+                f"{i['section']}/{i['name']}: {i.get('reason') or 'failed'}"
+                for i in items
+                if i.get("state") == "Failed"
+            )
+            busy = any(i.get("state") == "InProgress" for i in items)
+            applied = bool(report) and not busy and (bool(items) or report.get("state") != "Applying")
+            out[site] = SiteObservation(
+                labels=view.labels, revision=revision, applied=applied, failed=failed, health=view.health
+            )
+        return out

@@ -1,0 +1,244 @@
+"""The health controller writes ``status.health`` only when the score moves (N reports that
+change nothing write nothing), keeps its view current for virtual-site summaries, moves a
+score when time alone moves it, and a site's own report never overwrites the health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetplane.controllers.health_controller import FleetHealth, HealthController
+from fleetplane.core.errors import ApiError
+from fleetplane.core.objects import Obj, now_rfc3339
+from fleetplane.core.store import Store, open_store
+from fleetplane.core.watch import WatchHub
+from fleetplane.kinds import NETWORK_POLICY, REGISTRY, SITE, VIRTUAL_SITE
+from fleetplane.server.context import ServerContext, ServerSettings
+from fleetplane.server.site_status import StatusWriter, validated_status
+
+GIB = 1 << 30
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield s
+    s.close()
+
+
+def status(memory_gib: float = 4, **extra: Any) -> dict[str, Any]:
+    return {
+        "phase": "Online",
+        "lastSeen": now_rfc3339(),
+        "usage": {"cpuMillis": 1000, "memoryBytes": int(memory_gib * GIB)},
+        "allocatable": {"cpuMillis": 8000, "memoryBytes": 16 * GIB},
+        **extra,
+    }
+
+
+def report(store: Store, name: str, labels: dict[str, str] | None = None, **kw: Any) -> Obj:
+    """A site report; like the server's, it keeps the stored health."""
+    for _ in range(20):  # the controller may write the health in between: retry
+        site = store.get_or_none("acme", SITE.kind, "", name)
+        if site is None:
+            site = store.create("acme", SITE.normalize({"metadata": {"name": name, "labels": labels or {}}}))
+        keep = {k: v for k, v in (site.get("status") or {}).items() if k == "health"}
+        try:
+            return store.update("acme", {**site, "status": {**status(**kw), **keep}}, part="status")
+        except ApiError as exc:
+            if exc.reason != "Conflict":
+                raise
+    raise AssertionError("the site kept changing")
+
+
+def stored_health(store: Store, name: str) -> dict[str, Any] | None:
+    health: dict[str, Any] | None = (store.get("acme", SITE.kind, "", name).get("status") or {}).get("health")
+    return health
+
+
+@contextlib.asynccontextmanager
+async def running(store: Store, **kw: Any) -> AsyncIterator[HealthController]:
+    hub = WatchHub(store, poll_interval=0.05)
+    await hub.start()
+    controller = HealthController(store, hub, tick=0.05, **kw)
+    task = asyncio.create_task(controller.run())
+    try:
+        await asyncio.wait_for(controller.synced.wait(), 10)
+        yield controller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hub.stop()
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = await asyncio.to_thread(check)
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError("never converged")
+        await asyncio.sleep(0.02)
+
+
+def test_writes_health_once_and_not_on_reports_that_change_nothing(store: Store) -> None:
+    for i in range(3):
+        report(store, f"s{i}")
+
+    async def scenario() -> None:
+        async with running(store, min_interval=0.0) as controller:
+            for i in range(3):
+                await eventually(lambda i=i: stored_health(store, f"s{i}"))
+            h = stored_health(store, "s0")
+            assert h is not None
+            assert (h["score"], h["colour"], h["reasons"]) == (100, "green", [])
+            assert h["parts"] == {
+                "connectivity": 100,
+                "reliability": 100,
+                "security": 100,
+                "performance": 100,
+            }
+            await asyncio.sleep(0.3)
+            writes = controller.writes
+            assert writes == 3
+            # 20 heartbeats with a fresh lastSeen and load that stays in its band: no write.
+            for n in range(20):
+                await asyncio.to_thread(report, store, "s1", memory_gib=4 + n * 0.1)
+            await asyncio.sleep(0.5)
+            assert controller.writes == writes
+            # Memory pressure: the score moves, one write, orange.
+            await asyncio.to_thread(report, store, "s1", memory_gib=15.5)
+            moved = await eventually(lambda: (stored_health(store, "s1") or {}).get("colour") == "orange")
+            assert moved
+            h = stored_health(store, "s1")
+            assert h is not None and h["score"] == 75 and h["parts"]["performance"] == 0
+            await asyncio.sleep(0.3)
+            assert controller.writes == writes + 1
+
+    asyncio.run(scenario())
+
+
+def test_coalesces_to_one_write_per_interval(store: Store) -> None:
+    report(store, "s0")
+
+    async def scenario() -> None:
+        async with running(store, min_interval=60.0) as controller:
+            await eventually(lambda: stored_health(store, "s0"))
+            writes = controller.writes
+            # The score flaps: within the interval nothing more is written.
+            for memory in (15.5, 4, 15.5, 4, 15.5):
+                await asyncio.to_thread(report, store, "s0", memory_gib=memory)
+            await asyncio.sleep(0.5)
+            assert controller.writes == writes
+            assert controller.view.sites[("acme", "s0")].health.colour == "orange"  # the view is current
+
+    asyncio.run(scenario())
+
+
+def test_time_alone_moves_the_score(store: Store) -> None:
+    report(store, "s0")
+
+    async def scenario() -> None:
+        async with running(store, min_interval=0.0, offline_after=1.0) as controller:
+            # No heartbeat: late after 0.5 s, offline (red) after 1 s, without any report.
+            await eventually(lambda: (stored_health(store, "s0") or {}).get("colour") == "red", timeout=5)
+            assert controller.view.sites[("acme", "s0")].health.parts["connectivity"] == 0
+            assert controller.writes >= 2  # green first, then (late and) red
+
+    asyncio.run(scenario())
+
+
+def test_policy_denials_and_virtual_site_summary(store: Store) -> None:
+    for i in range(4):
+        report(store, f"s{i}", labels={"region": "jp" if i < 3 else "us"})
+    store.create(
+        "acme",
+        VIRTUAL_SITE.normalize(
+            {"metadata": {"name": "jp", "namespace": "default"}, "spec": {"selector": "region=jp"}}
+        ),
+    )
+
+    async def scenario() -> None:
+        async with running(store, min_interval=0.0) as controller:
+            view = controller.view
+            summary = view.summary(("acme", "default", "jp"))
+            assert summary is not None
+            assert summary["sites"] == 3 and summary["counts"] == {"green": 3, "orange": 0, "red": 0}
+            assert view.summary(("acme", "default", "nope")) is None
+            # s2 gets memory pressure and most of its hits denied by a policy created later.
+            hits = {"default/github/allow-github": 10, "default/github/default-egress": 90}
+            await asyncio.to_thread(report, store, "s2", labels=None, memory_gib=15.5, policyHits=hits)
+            policy = NETWORK_POLICY.normalize(
+                {
+                    "metadata": {"name": "github", "namespace": "default"},
+                    "spec": {
+                        "virtualSites": ["jp"],
+                        "egress": [{"name": "allow-github", "action": "allow", "domains": ["github.com"]}],
+                        "defaultAction": {"egress": "deny"},
+                    },
+                }
+            )
+            await asyncio.to_thread(store.create, "acme", policy)
+            await eventually(
+                lambda: (stored_health(store, "s2") or {}).get("parts", {}).get("security") == 60
+            )
+            summary = controller.view.summary(("acme", "default", "jp"))
+            assert summary is not None
+            assert summary["counts"] == {"green": 2, "orange": 1, "red": 0}
+            assert summary["worst"][0]["site"] == "s2" and summary["worst"][0]["score"] == 65
+            fleet = controller.view.summary_of("acme")
+            assert fleet["sites"] == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_site_report_keeps_the_health(tmp_path: Path, store: Store) -> None:
+    ctx = ServerContext(ServerSettings(data_dir=tmp_path), store, REGISTRY, WatchHub(store))
+    site = store.create("acme", SITE.normalize({"metadata": {"name": "s0"}, "spec": {}}))
+    health = {
+        "score": 50,
+        "colour": "orange",
+        "parts": dict.fromkeys(("connectivity", "reliability", "security", "performance"), 50),
+        "reasons": [],
+    }
+    site["status"] = {"phase": "Online", "identity": {"serial": "a1"}, "health": health}
+    store.update("acme", site, part="status")
+    # The site may not set its own health; the stored one stays.
+    wanted = validated_status("s0", {"softwareVersion": "v2", "health": {**health, "score": 100}})
+    assert "health" not in wanted
+    updated = asyncio.run(StatusWriter(ctx).submit("acme", "s0", "a1", wanted))
+    assert updated["status"]["health"] == health
+    assert updated["status"]["softwareVersion"] == "v2"
+
+
+def test_view_forgets_deleted_sites_and_policies() -> None:
+    view = FleetHealth()
+    now = time.time()
+    view.set_site(
+        "acme", {"kind": "Site", "metadata": {"name": "a", "labels": {"x": "1"}}, "status": status()}, now
+    )
+    view.set_virtual_site(
+        "acme",
+        {"kind": "VirtualSite", "metadata": {"name": "v", "namespace": "d"}, "spec": {"selector": "x=1"}},
+    )
+    assert view.members(("acme", "d", "v")) == {"a"}
+    view.remove_site("acme", "a")
+    assert view.members(("acme", "d", "v")) == set()
+    policy = {
+        "kind": "ServicePolicy",
+        "metadata": {"name": "p", "namespace": "d"},
+        "spec": {"defaultAction": "deny"},
+    }
+    assert view.set_policy("acme", policy) is True
+    assert view.set_policy("acme", policy) is False
+    assert view.deny["acme"] == {"d/p/default"}
+    assert view.remove_policy("acme", policy) is True
+    assert view.deny["acme"] == frozenset()
