@@ -13,7 +13,7 @@ Each Rollout is stepped (``controllers/rollout``) with observations built from i
 sites' status and its operator fields (``actions_from_spec``), and its status is written
 with a ``resourceVersion`` precondition before anything acts on it (the compile reads the
 hand-outs from the stored status); on a conflict it is re-read and stepped again. Steps are
-coalesced (after a round it pauses 4x as long as the round took, within ``min_pause`` and
+coalesced (after a round it pauses as long as the round took, within ``min_pause`` and
 ``interval``) and happen on news (a site's
 manifest report, health or labels, membership, a Rollout's spec) and at ``next_wakeup``.
 A ``Pending`` rollout is not stepped while its target set is empty: its first step plans
@@ -143,10 +143,12 @@ class RolloutController:
                 await self.round()
             except Exception:
                 log.exception("rollout round failed")
-            # Coalesce news: pause 4x as long as the round took (stepping uses at most ~20% of
-            # a core), within [min_pause, interval]; a quiet fleet's news is acted on at once.
+            # Coalesce news: pause as long as the round took (stepping uses at most half a
+            # core under a stream of reports), within [min_pause, interval]. Every wave waits
+            # for this reaction, so a longer pause (4x was tried) costs the rollout directly:
+            # ~0.26 s per wave at 1,000 sites.
             spent = time.perf_counter() - started
-            await asyncio.sleep(min(self.interval, max(self.min_pause, 4 * spent)))
+            await asyncio.sleep(min(self.interval, max(self.min_pause, spent)))
 
     async def round(self) -> None:
         """Check the intents that changed, then step every rollout that has news or is due."""
