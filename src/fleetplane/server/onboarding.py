@@ -217,6 +217,12 @@ def record_accept(
     ctx: ServerContext, writer: Store | StoreBatch, tenant: str, reg: Obj, site_obj: Obj, issued: Issued
 ) -> Obj:
     """Create the planned Site and mark the registration Accepted with its certificate."""
+    create_site(writer, tenant, site_obj)
+    decided = accepted_status(ctx, tenant, reg.get("status") or {}, site_obj, issued)
+    return writer.update(tenant, {**reg, "status": decided}, part="status")
+
+
+def create_site(writer: Store | StoreBatch, tenant: str, site_obj: Obj) -> None:
     site = site_obj["metadata"]["name"]
     try:
         writer.create(tenant, site_obj)
@@ -230,15 +236,20 @@ def record_accept(
                 name=site,
             ) from None
         raise
-    decided = {
-        **(reg.get("status") or {}),
+
+
+def accepted_status(
+    ctx: ServerContext, tenant: str, status: dict[str, Any], site_obj: Obj, issued: Issued
+) -> dict[str, Any]:
+    """A registration's status once accepted: the site and the certificate handed to the agent."""
+    return {
+        **status,
         "phase": "Accepted",
-        "site": site,
+        "site": site_obj["metadata"]["name"],
         "certificate": issued.certificate,
         "caBundle": identity(ctx).bundle(tenant),
         "decidedAt": now_rfc3339(),
     }
-    return writer.update(tenant, {**reg, "status": decided}, part="status")
 
 
 def accept(

@@ -34,13 +34,14 @@ from fleetplane.kinds import REGISTRATION, SITE, TRUSTED_MANUFACTURER
 from fleetplane.server.context import ServerContext
 from fleetplane.server.identity import identity
 from fleetplane.server.onboarding import (
+    accepted_status,
     check_poll_token,
     check_token,
     consume_token,
+    create_site,
     expire_if_stale,
     plan_accept,
     poll_token,
-    record_accept,
     registration_name,
 )
 from fleetplane.server.requests import JsonResponse, read_object
@@ -207,13 +208,15 @@ def register(ctx: ServerContext, body: dict[str, Any]) -> dict[str, Any]:
         auto = bool((source.get("spec") or {}).get("autoAccept"))
         obj = REGISTRATION.normalize({"metadata": {"name": name}, "spec": spec})
         obj["status"] = {"phase": "Pending", "pollHash": digest, "autoAccept": auto}
-        created = batch.create(tenant, obj)
         if auto and plan is not None:
             site_obj, issued = plan
             # A taken site name leaves the registration Pending for the operator (who can
             # accept it under another name); the certificate signed for it is never handed out.
             if batch.get_or_none(tenant, SITE.kind, "", site_obj["metadata"]["name"]) is None:
-                created = record_accept(ctx, batch, tenant, created, site_obj, issued)
+                create_site(batch, tenant, site_obj)
+                # Created Accepted at once: one write for the registration, not two.
+                obj["status"] = accepted_status(ctx, tenant, obj["status"], site_obj, issued)
+        created = batch.create(tenant, obj)
     # An auto-accepted registration answers with the certificate at once (as a poll would),
     # so the agent needs no poll round trip; the poll token still works for a retry.
     return {"name": name, "pollToken": secret, **_answer(created)}
