@@ -36,6 +36,7 @@ from fleetplane.controllers.sections import (
     manifest_hash,
     targets_of,
 )
+from fleetplane.controllers.workload_sections import FANOUT_KIND, FANOUT_KINDS, FanoutIndex
 from fleetplane.core.objects import Obj, labels_of
 from fleetplane.core.selectors import Selector
 from fleetplane.core.store import Event, EventType, Store
@@ -66,6 +67,10 @@ class ManifestState:
         self._targets: dict[Intent, set[VsKey]] = {}
         self._targeted: dict[VsKey, set[Intent]] = {}
         self._targeted_in: dict[str, set[VsKey]] = {}  # tenant -> its targeted virtual sites
+        # vK8s fan-out (controllers/workload_sections.py): Kubernetes objects are not intents
+        # (no spec.virtualSites; placement comes from the namespace's VK8s and annotations),
+        # so they are indexed beside them and handed to the "vk8s" contributor as bundles.
+        self.fanout = FanoutIndex()
 
     def members(self, vs: VsKey) -> set[str] | frozenset[str]:
         virtual = self.membership.virtual.get(vs)
@@ -91,12 +96,15 @@ class ManifestState:
 
     def set_virtual_site(self, vs: VsKey, selector: Selector, generation: int) -> set[SiteKey]:
         before = set(self.members(vs))
-        if not self.membership.set_virtual_site(vs, selector, generation) or vs not in self._targeted:
+        if not self.membership.set_virtual_site(vs, selector, generation):
+            return set()
+        if vs not in self._targeted and not self.fanout.targeted(vs):
             return set()
         return {(vs[0], name) for name in before ^ self.members(vs)}
 
     def remove_virtual_site(self, vs: VsKey) -> set[SiteKey]:
-        affected = self._sites_of({vs}) if vs in self._targeted else set()
+        targeted = vs in self._targeted or self.fanout.targeted(vs)
+        affected = self._sites_of({vs}) if targeted else set()
         self.membership.remove_virtual_site(vs)
         return affected
 
@@ -226,9 +234,12 @@ class ManifestState:
         sections: dict[str, Any] = {}
         for contributor in self.sections.all():
             kind = contributor.kind
-            intents = [
-                obj for key in sorted(by_kind.get(kind, ())) if (obj := self._revision(kind, key, name))
-            ]
+            if kind == FANOUT_KIND:  # vK8s objects: the namespaces placed on this site
+                intents = self.fanout.bundles(tenant, lambda vs: name in self.members(vs))
+            else:
+                intents = [
+                    obj for key in sorted(by_kind.get(kind, ())) if (obj := self._revision(kind, key, name))
+                ]
             section = contributor.contribute(intents, site)
             if section is not None:
                 sections[contributor.section] = section
@@ -262,6 +273,8 @@ class ManifestState:
                 return self.remove_virtual_site(vs)
             generation = int(ev.object["metadata"].get("generation", 1))
             return self.set_virtual_site(vs, selector_of(ev.object), generation)
+        if ev.kind in FANOUT_KINDS:
+            return self._sites_of(self.fanout.apply(ev))
         if ev.kind in self.intents:
             if ev.type is EventType.DELETED:
                 return self.remove_intent(ev.kind, (ev.tenant, ev.namespace, ev.name))
@@ -317,7 +330,16 @@ class ManifestController:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return (SITE.kind, VIRTUAL_SITE.kind, *self.sections.kinds, INTENT_REVISION.kind, ROLLOUT.kind)
+        kinds: tuple[str, ...] = (
+            SITE.kind,
+            VIRTUAL_SITE.kind,
+            *self.sections.kinds,
+            INTENT_REVISION.kind,
+            ROLLOUT.kind,
+        )
+        if FANOUT_KIND in self.sections.kinds:  # the vK8s objects the "vk8s" contributor renders
+            kinds += FANOUT_KINDS
+        return kinds
 
     async def run(self) -> None:
         await run_controller("manifest", self._sync_and_follow, self._flush_loop)

@@ -15,6 +15,7 @@ import orjson
 
 from fleetplane.controllers.os_sections import OsContributor
 from fleetplane.controllers.policy_sections import NetworkPolicyContributor, ServicePolicyContributor
+from fleetplane.controllers.workload_sections import WorkloadContributor
 from fleetplane.core.objects import Obj
 from fleetplane.core.quantity import QuantityError, cpu_millis, memory_bytes
 from fleetplane.kinds.intents import SHARED_NAMESPACE, parse_ref
@@ -117,7 +118,14 @@ class SectionRegistry:
 
 
 SECTIONS = SectionRegistry(
-    (ReservationContributor(), NetworkPolicyContributor(), ServicePolicyContributor(), OsContributor())
+    (
+        ReservationContributor(),
+        NetworkPolicyContributor(),
+        ServicePolicyContributor(),
+        OsContributor(),
+        # vK8s fan-out: not an intent kind; the compile feeds it through its FanoutIndex.
+        WorkloadContributor(),
+    )
 )
 
 

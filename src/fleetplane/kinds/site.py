@@ -119,6 +119,31 @@ class SiteHealth(Schema):
     observedAt: str | None = None
 
 
+class PodContainer(Schema):
+    name: str = Field(max_length=253)
+    image: str = Field(max_length=1024)
+    # {"limits": {"cpu": "100m", "memory": "100Mi"}, "requests": {...}} as the site runs it.
+    resources: dict[str, dict[str, str]] | None = None
+
+
+class SitePod(Schema):
+    """One pod a site runs for a vK8s workload (the ``workloads`` manifest section): what the
+    vK8s API aggregates into its read-only Pods and its workloads' status (docs/vk8s.md)."""
+
+    namespace: str = Field(max_length=253)  # the site-local namespace, <tenant>-<namespace>
+    name: str = Field(max_length=253)
+    workload: str = Field(max_length=512)  # "<namespace>/<Kind>/<name>" of the vK8s object
+    generation: int = Field(default=0, ge=0)  # the vK8s object's generation the pod runs
+    phase: str = Field(max_length=64)  # Pending | ContainerCreating | Running | CrashLoopBackOff
+    reason: str | None = Field(default=None, max_length=1024)
+    ready: bool = False
+    restarts: int = Field(default=0, ge=0)
+    lastTermination: str | None = Field(default=None, max_length=64)  # Error | OOMKilled
+    node: str | None = Field(default=None, max_length=253)
+    labels: dict[str, str] = Field(default_factory=dict)
+    containers: list[PodContainer] = Field(default_factory=list, max_length=100)
+
+
 class SiteStatus(Schema):
     phase: SitePhase = "Pending"
     identity: SiteIdentity | None = None
@@ -139,6 +164,8 @@ class SiteStatus(Schema):
     os: SiteOsStatus | None = None
     # Latency and loss to the control plane, if the agent measures them (docs/health.md).
     link: LinkStats | None = None
+    # Pods of vK8s workloads (the ``workloads`` section), as the site runs them.
+    pods: list[SitePod] | None = Field(default=None, max_length=10_000)
     # Server-owned (like identity): the health score, kept across site reports.
     health: SiteHealth | None = None
 

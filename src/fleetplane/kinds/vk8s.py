@@ -25,6 +25,7 @@ from fleetplane.core.registry import Column, KindInfo, Scope
 from fleetplane.kinds.common import Schema
 
 STORE_PREFIX = "vk8s."
+OVERRIDE_GROUP = "ves.io"
 API_PREFIX = "/api/vK8s/namespaces"
 
 
@@ -132,6 +133,9 @@ K8S_RESOURCES: tuple[K8sResource, ...] = (
     K8sResource("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", ("pvc",), (), ("status",)),
     K8sResource("", "v1", "Pod", "pods", ("po",), ("all",), ("status",), read_only=True),
     K8sResource("", "v1", "Event", "events", ("ev",)),
+    # The fan-out's own custom resource (docs/vk8s.md, "Fan-out"): a site list and a spec that
+    # replaces a workload's spec on those sites, named in order by its ``ves.io/overrides``.
+    K8sResource(OVERRIDE_GROUP, "v1", "Override", "overrides", ("ovr",)),
 )
 
 _INFOS: dict[str, KindInfo] = {
@@ -147,6 +151,9 @@ _INFOS: dict[str, KindInfo] = {
     for r in K8S_RESOURCES
 }
 BY_STORE_KIND = {r.store_kind: r for r in K8S_RESOURCES}
+
+
+OVERRIDE = next(r for r in K8S_RESOURCES if r.kind == "Override")
 
 
 def k8s_resource(group: str, version: str, plural: str) -> K8sResource | None:

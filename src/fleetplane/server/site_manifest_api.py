@@ -4,13 +4,19 @@ The site is the one its client certificate names (``site_api.authenticated_site`
 to name another. The wait subscribes to the watch hub for exactly this site's
 SiteManifest (name-indexed), so a manifest write wakes this waiter and no other, and
 nothing polls. The contract is ``docs/site-manifest.md``.
+
+Secrets of the ``workloads`` section (vK8s fan-out) are stored sealed in the SiteManifest, as
+in the store; they are opened here, in the answer to the one site whose certificate asks
+(over mTLS), with the sealing context of the vK8s Secret they came from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -20,7 +26,9 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.store import EventType
 from fleetplane.core.watch import WatchFilter
 from fleetplane.kinds import SITE_MANIFEST
+from fleetplane.kinds.vk8s import BY_STORE_KIND
 from fleetplane.server.context import ServerContext
+from fleetplane.server.sealing import unseal
 from fleetplane.server.requests import JsonResponse
 from fleetplane.server.site_api import MAX_WAIT, PREFIX, authenticated_identity, peer_certificate, site_of
 
@@ -39,6 +47,33 @@ def _number(request: Request, name: str, default: float, *, integer: bool) -> fl
     if value < 0 or math.isnan(value):
         raise bad_request(f"{name} must not be negative", [Cause(name, "must not be negative")])
     return value
+
+
+_SECRET = BY_STORE_KIND["vk8s.core.Secret"]
+SOURCE_ANNOTATION = "fleetplane.io/vk8s-source"  # controllers/workload_sections.py
+
+
+def opened_for_site(ctx: ServerContext, tenant: str, manifest: Obj) -> Obj:
+    """The manifest with the sealed ``data`` of its ``workloads`` Secrets opened."""
+    section = ((manifest.get("spec") or {}).get("sections") or {}).get("workloads")
+    objects = section.get("objects") if isinstance(section, dict) else None
+    if not isinstance(objects, list) or not any(
+        isinstance(o, dict) and o.get("kind") == "Secret" for o in objects
+    ):
+        return manifest
+    out = copy.deepcopy(manifest)
+    for obj in out["spec"]["sections"]["workloads"]["objects"]:
+        if not isinstance(obj, dict) or obj.get("kind") != "Secret" or not isinstance(obj.get("data"), dict):
+            continue
+        source = str(((obj.get("metadata") or {}).get("annotations") or {}).get(SOURCE_ANNOTATION) or "")
+        ns, _, name = source.partition("/")
+        sealed: dict[str, Any] = {"kind": _SECRET.store_kind, "metadata": {"namespace": ns, "name": name}}
+        obj["data"] = unseal(ctx, tenant, _SECRET.info, {**sealed, "data": obj["data"]})["data"]
+    return out
+
+
+async def _answer(ctx: ServerContext, tenant: str, manifest: Obj) -> JsonResponse:
+    return JsonResponse(await asyncio.to_thread(opened_for_site, ctx, tenant, manifest))
 
 
 def _generation(obj: Obj | None) -> int:
@@ -63,7 +98,7 @@ async def get_manifest(request: Request) -> Response:
     try:
         current = await asyncio.to_thread(_admitted_manifest, ctx, peer_certificate(request), tenant, name)
         if current is not None and _generation(current) > after:
-            return JsonResponse(current)
+            return await _answer(ctx, tenant, current)
         deadline = time.monotonic() + (wait if after > 0 else 0)
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -73,7 +108,7 @@ async def get_manifest(request: Request) -> Response:
             if ev is None:  # the hub stopped or this wait overflowed: answer from the store
                 current = await asyncio.to_thread(ctx.store.get_or_none, tenant, SITE_MANIFEST.kind, "", name)
                 if current is not None and _generation(current) > after:
-                    return JsonResponse(current)
+                    return await _answer(ctx, tenant, current)
                 break
             if ev.type is not EventType.DELETED and _generation(ev.object) > after:
                 # Several writes may be queued: answer with the newest.
@@ -82,7 +117,7 @@ async def get_manifest(request: Request) -> Response:
                     more = sub.queue.get_nowait()
                     if more is not None and more.type is not EventType.DELETED:
                         newest = more.object
-                return JsonResponse(newest)
+                return await _answer(ctx, tenant, newest)
         return Response(status_code=204)
     finally:
         ctx.hub.unsubscribe(sub)

@@ -121,6 +121,8 @@ class Observation:
     policy_hits: dict[str, int] = dataclasses.field(default_factory=dict)
     now: float = 0.0
     os: OsInfo | None = None
+    # Pods of the vK8s ``workloads`` section (``Site.status.pods``); None: no such section.
+    pods: tuple[dict[str, Any], ...] | None = None
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -134,6 +136,8 @@ class Observation:
             out["osVersion"] = self.os_version
         if self.os is not None:
             out["os"] = self.os.to_status()
+        if self.pods is not None:
+            out["pods"] = [dict(p) for p in self.pods]
         return out
 
 

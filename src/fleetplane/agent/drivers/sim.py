@@ -10,8 +10,10 @@ seed, the same calls and the same clock steps give the same observations.
 
 Manifest sections applied today: ``reservations``, ``networkPolicies`` and
 ``servicePolicies`` (flows and HTTP requests counted per rule, ``simmodel.traffic`` and
-``simmodel.services``); ``os`` upgrades the A/B slots (``simmodel.os_section``). The
-workloads model is driven directly (``site.workloads``) until its section exists.
+``simmodel.services``); ``os`` upgrades the A/B slots (``simmodel.os_section``); ``workloads``
+(vK8s fan-out) runs its Deployments/StatefulSets/Jobs on the workloads model
+(``simmodel.workload_section``) and reports their pods in ``Site.status.pods``. Without that
+section the workloads model may still be driven directly (``site.workloads``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fleetplane.agent.drivers.simmodel.profile import PROFILES, SiteProfile, res
 from fleetplane.agent.drivers.simmodel.services import ServicePolicy, ServiceTrafficModel
 from fleetplane.agent.drivers.simmodel.traffic import NetworkPolicy, TrafficModel
 from fleetplane.agent.drivers.simmodel.usage import site_usage
+from fleetplane.agent.drivers.simmodel.workload_section import WorkloadSection
 from fleetplane.agent.drivers.simmodel.workloads import (
     Workload,
     WorkloadModel,
@@ -42,7 +45,7 @@ from fleetplane.core.selectors import Selector, parse_selector
 __all__ = ["FAULTS", "PROFILES", "SUPPORTED_SECTIONS", "SimDriver", "SimSite", "SiteProfile"]
 __all__ += ["clear_where", "inject_where", "select_sites"]
 
-SUPPORTED_SECTIONS = ("reservations", "networkPolicies", "servicePolicies", "os")
+SUPPORTED_SECTIONS = ("reservations", "networkPolicies", "servicePolicies", "os", "workloads")
 
 
 class SimSite:
@@ -71,6 +74,7 @@ class SimSite:
             is_bad=lambda image: image_is_bad(image, p.bad_images),
             pull_rate=lambda: p.pull_bytes_per_s / self._slow(),
         )
+        self.workload_section = WorkloadSection(name, self.workloads, lambda i: image_is_bad(i, p.bad_images))
         self.os = OsSlots(
             p.os_version,
             self.queue,
@@ -182,6 +186,7 @@ class SimSite:
             os=self.os_section.info(),
             policy_hits=merged_hits(self.traffic.hits, self.services.hits),
             now=now + self.faults.skew(now),
+            pods=self.workload_section.pods(),
         )
 
 
@@ -244,6 +249,7 @@ class SimDriver:
             self.site.reserve(0, 0)
         items += self._apply_policies(sections)
         items += self.site.os_section.apply(sections.get("os"), self.site.advance())
+        items += self.site.workload_section.apply(sections.get("workloads"), self.site.advance())
         for section in sorted(set(sections) - set(SUPPORTED_SECTIONS)):
             items.append(
                 ItemStatus(section, section, "Failed", f"the sim driver does not support section {section!r}")

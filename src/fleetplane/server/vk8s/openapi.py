@@ -10,6 +10,7 @@ taken from the same table the server merges with (``strategic.py``).
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib
@@ -34,6 +35,28 @@ MODELS = {
     "PersistentVolumeClaim": "V1PersistentVolumeClaim",
     "Pod": "V1Pod",
     "Event": "CoreV1Event",
+    "Override": "VesV1Override",
+}
+# Kinds with no model in the official client: their schema is written here (the fan-out's
+# Override, docs/vk8s.md: a site list and a Deployment/StatefulSet/Job spec, kept as given).
+CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "VesV1Override": {
+        "type": "object",
+        "description": "Replaces the spec of the workloads that name it (annotation ves.io/overrides) "
+        "on the sites it lists.",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"$ref": REF.format(model="V1ObjectMeta")},
+            "spec": {
+                "type": "object",
+                "properties": {
+                    "sites": {"type": "array", "items": {"type": "string"}},
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+            },
+        },
+    }
 }
 CONTAINER_SCHEMAS = {"V1Container", "V1EphemeralContainer"}
 QUERY_PARAMS = ("dryRun", "fieldManager", "fieldValidation", "force", "pretty")
@@ -102,11 +125,12 @@ def _schemas() -> dict[str, Any]:
         log.warning("the kubernetes client is not installed: vK8s serves OpenAPI without schemas")
         return {}
     models: list[tuple[Any, Literal["validation"]]] = [
-        (getattr(client, m), "validation") for m in [*MODELS.values(), "V1Scale"]
+        (getattr(client, m), "validation") for m in [*MODELS.values(), "V1Scale"] if m not in CUSTOM_SCHEMAS
     ]
     _, doc = models_json_schema(models, by_alias=True, ref_template=REF)
     schemas: dict[str, Any] = {k: _clean(v) for k, v in doc.get("$defs", {}).items()}
     _patch_extensions(schemas)
+    schemas.update(copy.deepcopy(CUSTOM_SCHEMAS))
     for r in K8S_RESOURCES:
         gvk = {"group": r.group, "kind": r.kind, "version": r.version}
         schemas[MODELS[r.kind]]["x-kubernetes-group-version-kind"] = [gvk]

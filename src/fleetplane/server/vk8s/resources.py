@@ -24,7 +24,7 @@ from fleetplane.server.requests import (
     read_body,
     read_object,
 )
-from fleetplane.server.vk8s import managed, openapi, protobuf, tables
+from fleetplane.server.vk8s import fanout, managed, openapi, protobuf, tables
 from fleetplane.server.vk8s.common import VScope, plural_q, success, translate
 from fleetplane.server.vk8s.strategic import strategic_merge
 from fleetplane.server.vk8s.validation import validate
@@ -201,8 +201,40 @@ def get_existing(s: VScope, r: K8sResource, namespace: str, name: str) -> Obj:
 # -- handlers -------------------------------------------------------------------------------
 
 
+def aggregated(s: VScope, r: K8sResource, namespace: str, items: list[Obj]) -> list[Obj]:
+    """Workloads with their status summed over their sites (``fanout``); others as they are."""
+    if not r.workload or not items:
+        return items
+    view = fanout.load_view(s.ctx, s.tenant, namespace, manifests=True)
+    return [fanout.with_status(view, o) for o in items]
+
+
+def list_pods(s: VScope, namespace: str, selector: Any, fields: Any) -> tuple[list[Obj], int]:
+    """The Pods sites report (read-only, not stored; no paging: one page holds them all)."""
+    view = fanout.load_view(s.ctx, s.tenant, namespace, manifests=False)
+    items = [
+        p
+        for p in fanout.pods(view)
+        if (selector is None or selector.matches(p["metadata"].get("labels") or {}))
+        and (fields is None or fields(p))
+    ]
+    return items, s.ctx.store.revision()
+
+
+def tabled(request: Request, r: K8sResource, items: list[Obj], meta: dict[str, Any]) -> JsonResponse:
+    if tables.wants_table(request):
+        include = request.query_params.get("includeObject", "PartialObjectMetadata")
+        return JsonResponse(tables.table(r.kind, items, include, meta))
+    return JsonResponse(
+        {"apiVersion": r.api_version, "kind": f"{r.kind}List", "metadata": meta, "items": items}
+    )
+
+
 async def list_objects(s: VScope, r: K8sResource, request: Request, namespace: str) -> JsonResponse:
     selector, fields = label_selector(request), field_filter(request, r)
+    if r.kind == "Pod":
+        found, revision = await asyncio.to_thread(list_pods, s, namespace, selector, fields)
+        return tabled(request, r, found, {"resourceVersion": str(revision)})
     try:
         result = await asyncio.to_thread(
             s.ctx.store.list,
@@ -222,16 +254,22 @@ async def list_objects(s: VScope, r: K8sResource, request: Request, namespace: s
     if result.continue_token:
         meta["continue"] = result.continue_token
     items = [s.to_k8s(r, o) for o in result.items]
-    if tables.wants_table(request):
-        include = request.query_params.get("includeObject", "PartialObjectMetadata")
-        return JsonResponse(tables.table(r.kind, items, include, meta))
-    return JsonResponse(
-        {"apiVersion": r.api_version, "kind": f"{r.kind}List", "metadata": meta, "items": items}
-    )
+    items = await asyncio.to_thread(aggregated, s, r, namespace, items)
+    return tabled(request, r, items, meta)
+
+
+def get_shown(s: VScope, r: K8sResource, namespace: str, name: str) -> Obj:
+    """One object as a GET shows it: a reported Pod, a workload with its aggregated status."""
+    if r.kind == "Pod":
+        found, _ = list_pods(s, namespace, None, lambda p: p["metadata"]["name"] == name)
+        if not found:
+            raise translate(ApiError(404, "NotFound", ""), r, name)
+        return found[0]
+    return aggregated(s, r, namespace, [get_existing(s, r, namespace, name)])[0]
 
 
 async def get_object(s: VScope, r: K8sResource, request: Request, namespace: str, name: str) -> JsonResponse:
-    obj = await asyncio.to_thread(get_existing, s, r, namespace, name)
+    obj = await asyncio.to_thread(get_shown, s, r, namespace, name)
     if tables.wants_table(request):
         include = request.query_params.get("includeObject", "PartialObjectMetadata")
         return JsonResponse(tables.table(r.kind, [obj], include))

@@ -22,6 +22,7 @@ from fleetplane.server.vk8s.common import VScope, method_not_allowed, not_found,
 router = APIRouter()
 PREFIX = API_PREFIX + "/{vns}/{vname}"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+POD_STREAMS = ("log", "exec", "attach", "portforward")
 
 
 async def _discovery(s: VScope, request: Request, parts: list[str]) -> Any:
@@ -85,6 +86,15 @@ async def _resource(s: VScope, request: Request, group: str, version: str, tail:
         raise not_found()
     name = tail[1] if len(tail) > 1 else None
     sub = tail[2] if len(tail) > 2 else None
+    if r.kind == "Pod" and name is not None and sub in POD_STREAMS and request.method in ("GET", "POST"):
+        s.authorize("get", r, namespace)
+        await resources.get_object(s, r, request, namespace, name)  # a missing pod is a 404 first
+        raise ApiError(
+            400,
+            "BadRequest",
+            f'pod "{name}": {sub} is not supported by vK8s: the pod runs on a site '
+            "(its ves.io/site label); read its logs or open a shell there",
+        )
     if sub is not None and sub not in r.subresources:
         raise not_found()
     method = request.method

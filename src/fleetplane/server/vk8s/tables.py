@@ -96,9 +96,16 @@ def _selector(obj: Obj) -> str:
     return ",".join(parts) or "<none>"
 
 
+def _desired(obj: Obj) -> Any:
+    """Replicas wanted: over every site the workload runs on (``status.fleet``, fan-out), else
+    ``spec.replicas`` (the per-site count) before any site is known."""
+    fleet = _d(_d(obj.get("status")).get("fleet"))
+    return fleet.get("desiredReplicas", _d(obj.get("spec")).get("replicas", 0))
+
+
 def _deployment(obj: Obj) -> list[Any]:
-    spec, status = _d(obj.get("spec")), _d(obj.get("status"))
-    ready = f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}"
+    status = _d(obj.get("status"))
+    ready = f"{status.get('readyReplicas', 0)}/{_desired(obj)}"
     return [
         ready,
         status.get("updatedReplicas", 0),
@@ -111,9 +118,9 @@ def _deployment(obj: Obj) -> list[Any]:
 
 
 def _statefulset(obj: Obj) -> list[Any]:
-    spec, status = _d(obj.get("spec")), _d(obj.get("status"))
+    status = _d(obj.get("status"))
     return [
-        f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+        f"{status.get('readyReplicas', 0)}/{_desired(obj)}",
         age(obj),
         _containers(obj),
         _images(obj),
@@ -298,6 +305,10 @@ TABLES: dict[str, tuple[list[Column], Cells]] = {
             ("Readiness Gates", "string", 1),
         ],
         _pod,
+    ),
+    "Override": (
+        [NAME, ("Sites", "string", 0), ("Age", "string", 0)],
+        lambda obj: [",".join(str(x) for x in _d(obj.get("spec")).get("sites") or []) or "<none>", age(obj)],
     ),
     "Event": (
         [

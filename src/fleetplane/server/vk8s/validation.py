@@ -307,6 +307,20 @@ def _event(obj: Obj) -> list[Cause]:
     return []
 
 
+def _override(obj: Obj) -> list[Cause]:
+    """``spec.sites``: site names; ``spec.spec``: the workload spec those sites run instead."""
+    spec = obj.get("spec")
+    if not isinstance(spec, dict):
+        return [required("spec")]
+    causes: list[Cause] = []
+    sites = spec.get("sites")
+    if not isinstance(sites, list) or not all(isinstance(x, str) and x for x in sites):
+        causes.append(bad_value("spec.sites", sites, "must be a list of site names"))
+    if not isinstance(spec.get("spec"), dict):
+        causes.append(required("spec.spec"))
+    return causes
+
+
 CHECKS = {
     "Deployment": lambda o: _workload(o, "Deployment"),
     "StatefulSet": lambda o: _workload(o, "StatefulSet"),
@@ -316,6 +330,7 @@ CHECKS = {
     "Secret": _secret,
     "PersistentVolumeClaim": _pvc,
     "Event": _event,
+    "Override": _override,
 }
 
 

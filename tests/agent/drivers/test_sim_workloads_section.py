@@ -1,0 +1,88 @@
+"""The ``workloads`` section on the sim: Deployments run as pods of the workload model, and the
+site reports them (``Site.status.pods``) with their limits, images, nodes and failures."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fleetplane.agent.drivers.sim import SimDriver
+from fleetplane.kinds import SITE
+from tests.agent.drivers.conftest import make_site, step
+
+SMALL = {"app:1": 100_000_000, "app:2": 100_000_000}
+FLAVOR = {"limits": {"cpu": "100m", "memory": "100Mi"}, "requests": {"cpu": "50m", "memory": "50Mi"}}
+
+
+def deployment(name: str = "web", image: str = "app:1", replicas: int = 3, generation: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": "acme-shop",
+            "annotations": {"fleetplane.io/vk8s-source": f"shop/{name}", "fleetplane.io/vk8s-generation": str(generation)},
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "main", "image": image, "resources": FLAVOR}]},
+            },
+        },
+    }
+
+
+def manifest(*objects: dict[str, Any]) -> dict[str, Any]:
+    return {"spec": {"sections": {"workloads": {"namespaces": ["acme-shop"], "objects": list(objects)}}}}
+
+
+def test_a_deployment_runs_and_its_pods_are_reported() -> None:
+    site = make_site(nodes=2, image_sizes=SMALL)
+    driver = SimDriver(site)
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "acme-shop"}}
+    items = asyncio.run(driver.apply(manifest(cm, deployment())))
+    by_name = {i.name: i.state for i in items}
+    assert by_name == {"acme-shop/ConfigMap/cfg": "Applied", "acme-shop/Deployment/web": "InProgress"}
+    step(site, 2.0)
+    pods = site.observation().pods
+    assert pods is not None and len(pods) == 3
+    for pod in pods:
+        assert pod["workload"] == "shop/Deployment/web" and pod["generation"] == 1
+        assert pod["phase"] == "Running" and pod["ready"] and pod["node"] in ("node-0", "node-1")
+        assert pod["containers"] == [{"name": "main", "image": "app:1", "resources": FLAVOR}]
+        assert pod["name"].startswith("web-") and len(pod["name"].split("-")) == 3
+        assert pod["labels"]["app"] == "web" and "pod-template-hash" in pod["labels"]
+    assert len({p["name"] for p in pods}) == 3
+    # The report is a valid Site status.
+    assert SITE.status_model is not None
+    SITE.status_model.model_validate(site.observation().to_status())
+    items = asyncio.run(driver.apply(manifest(cm, deployment())))
+    assert {i.name: i.state for i in items}["acme-shop/Deployment/web"] == "Applied"
+
+
+def test_a_new_image_replaces_the_pods_and_a_bad_one_crash_loops() -> None:
+    site = make_site(nodes=2, image_sizes=SMALL)
+    driver = SimDriver(site)
+    asyncio.run(driver.apply(manifest(deployment())))
+    step(site, 2.0)
+    before = {p["name"] for p in site.observation().pods or ()}
+    asyncio.run(driver.apply(manifest(deployment(image="app:2", generation=2))))
+    step(site, 2.0)
+    pods = site.observation().pods or ()
+    assert {p["name"] for p in pods}.isdisjoint(before)
+    assert {p["generation"] for p in pods} == {2} and {p["containers"][0]["image"] for p in pods} == {"app:2"}
+    asyncio.run(driver.apply(manifest(deployment(image="app:bad", generation=3))))
+    step(site, 60.0)
+    pods = site.observation().pods or ()
+    assert pods and all(p["restarts"] >= 1 and p["lastTermination"] == "Error" for p in pods)
+
+
+def test_removing_the_section_removes_the_pods() -> None:
+    site = make_site(nodes=1, image_sizes=SMALL)
+    driver = SimDriver(site)
+    asyncio.run(driver.apply(manifest(deployment(replicas=2))))
+    assert len(site.observation().pods or ()) == 2
+    assert asyncio.run(driver.apply({"spec": {"sections": {}}})) == []
+    assert site.observation().pods is None and not site.workloads.pods
