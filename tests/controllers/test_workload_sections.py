@@ -28,7 +28,9 @@ def site(name: str, **labels: str) -> Obj:
 
 
 def vsite(name: str, selector: str, namespace: str = "shop") -> Obj:
-    obj = VIRTUAL_SITE.normalize({"metadata": {"name": name, "namespace": namespace}, "spec": {"selector": selector}})
+    obj = VIRTUAL_SITE.normalize(
+        {"metadata": {"name": name, "namespace": namespace}, "spec": {"selector": selector}}
+    )
     obj["metadata"]["resourceVersion"] = str(next(_rv))
     return obj
 
@@ -164,7 +166,9 @@ def test_flavors_set_every_container_with_requests_at_half() -> None:
     sec = section(fleet(deployment(annotations={"ves.io/workload-flavor": "huge"})), "osaka")
     assert sec is not None
     assert sec["problems"] == ['shop/Deployment/web: unknown ves.io/workload-flavor "huge": using "tiny"']
-    assert sec["objects"][0]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "100m"
+    assert (
+        sec["objects"][0]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "100m"
+    )
 
 
 def test_overrides_apply_in_order_on_the_sites_they_list() -> None:
@@ -187,12 +191,23 @@ def test_overrides_apply_in_order_on_the_sites_they_list() -> None:
             web["metadata"]["annotations"]["fleetplane.io/vk8s-overrides"],
         )
         # The flavor applies after the overrides, to the spec the site runs.
-        assert spec["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "250m", "memory": "250Mi"}
+        assert spec["template"]["spec"]["containers"][0]["resources"]["limits"] == {
+            "cpu": "250m",
+            "memory": "250Mi",
+        }
     # tokyo: canary only; osaka: canary, then second (the last listing the site wins).
-    assert by_site == {"tokyo": (2, ["nginx:1.28"], "canary"), "osaka": (1, ["nginx:1.29-beta"], "canary,second")}
-    plain = fleet(deployment(annotations={"ves.io/overrides": "canary"}), override("canary", ["paris"], "x:1"))
+    assert by_site == {
+        "tokyo": (2, ["nginx:1.28"], "canary"),
+        "osaka": (1, ["nginx:1.29-beta"], "canary,second"),
+    }
+    plain = fleet(
+        deployment(annotations={"ves.io/overrides": "canary"}), override("canary", ["paris"], "x:1")
+    )
     sec = section(plain, "tokyo")
-    assert sec is not None and sec["objects"][0]["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27"
+    assert (
+        sec is not None
+        and sec["objects"][0]["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.27"
+    )
 
 
 def test_followers_go_where_their_workloads_go() -> None:
@@ -201,17 +216,31 @@ def test_followers_go_where_their_workloads_go() -> None:
         {"name": "tls", "secret": {"secretName": "web-tls"}},
         {"name": "data", "persistentVolumeClaim": {"claimName": "web-data"}},
     ]
-    svc = {"kind": "vk8s.core.Service", "metadata": _m("web", "shop"), "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.9", "ports": [{"port": 80}]}}
-    other_svc = {"kind": "vk8s.core.Service", "metadata": _m("db", "shop"), "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]}}
+    svc = {
+        "kind": "vk8s.core.Service",
+        "metadata": _m("web", "shop"),
+        "spec": {"selector": {"app": "web"}, "clusterIP": "10.96.0.9", "ports": [{"port": 80}]},
+    }
+    other_svc = {
+        "kind": "vk8s.core.Service",
+        "metadata": _m("db", "shop"),
+        "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]},
+    }
     cm = {"kind": "vk8s.core.ConfigMap", "metadata": _m("web-config", "shop"), "data": {"a": "1"}}
     unused = {"kind": "vk8s.core.ConfigMap", "metadata": _m("unused", "shop"), "data": {}}
     secret = {
         "kind": "vk8s.core.Secret",
-        "metadata": _m("web-tls", "shop", annotations={"kubectl.kubernetes.io/last-applied-configuration": "enc:..."}),
+        "metadata": _m(
+            "web-tls", "shop", annotations={"kubectl.kubernetes.io/last-applied-configuration": "enc:..."}
+        ),
         "type": "Opaque",
         "data": {"key": "enc:v1:sealed"},
     }
-    pvc = {"kind": "vk8s.core.PersistentVolumeClaim", "metadata": _m("web-data", "shop"), "spec": {"accessModes": ["ReadWriteOnce"]}}
+    pvc = {
+        "kind": "vk8s.core.PersistentVolumeClaim",
+        "metadata": _m("web-data", "shop"),
+        "spec": {"accessModes": ["ReadWriteOnce"]},
+    }
     state = fleet(deployment(volumes=volumes), svc, other_svc, cm, unused, secret, pvc)
     assert placed(state)["tokyo"] == [
         "ConfigMap/web-config",
@@ -224,7 +253,13 @@ def test_followers_go_where_their_workloads_go() -> None:
     sec = section(state, "tokyo")
     assert sec is not None
     kinds = [o["kind"] for o in sec["objects"]]
-    assert kinds == ["ConfigMap", "Secret", "PersistentVolumeClaim", "Service", "Deployment"]  # what is used first
+    assert kinds == [
+        "ConfigMap",
+        "Secret",
+        "PersistentVolumeClaim",
+        "Service",
+        "Deployment",
+    ]  # what is used first
     rendered = {o["kind"]: o for o in sec["objects"]}
     assert "clusterIP" not in rendered["Service"]["spec"]
     # The Secret travels as stored (sealed), without its (sealed) annotations.
@@ -234,12 +269,17 @@ def test_followers_go_where_their_workloads_go() -> None:
 
 def test_references_of_a_pod_spec() -> None:
     pod = {
-        "volumes": [{"projected": {"sources": [{"configMap": {"name": "p-cm"}}, {"secret": {"name": "p-s"}}]}}],
+        "volumes": [
+            {"projected": {"sources": [{"configMap": {"name": "p-cm"}}, {"secret": {"name": "p-s"}}]}}
+        ],
         "imagePullSecrets": [{"name": "pull"}],
         "containers": [
             {
                 "envFrom": [{"configMapRef": {"name": "ef-cm"}}, {"secretRef": {"name": "ef-s"}}],
-                "env": [{"valueFrom": {"secretKeyRef": {"name": "k-s"}}}, {"valueFrom": {"configMapKeyRef": {"name": "k-cm"}}}],
+                "env": [
+                    {"valueFrom": {"secretKeyRef": {"name": "k-s"}}},
+                    {"valueFrom": {"configMapKeyRef": {"name": "k-cm"}}},
+                ],
             }
         ],
     }

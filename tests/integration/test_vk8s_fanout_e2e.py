@@ -30,7 +30,9 @@ SITES = 3
 
 def small_image(repo: str, after: int = 0) -> str:
     """An image the sim pulls in a few seconds (its size is drawn from the name)."""
-    return next(f"{repo}:1.{i}" for i in range(after, 10_000) if default_image_size(f"{repo}:1.{i}") < 150 * MI)
+    return next(
+        f"{repo}:1.{i}" for i in range(after, 10_000) if default_image_size(f"{repo}:1.{i}") < 150 * MI
+    )
 
 
 IMAGE = small_image("nginx")
@@ -84,24 +86,39 @@ def test_a_deployment_fans_out_to_every_site(server: ServerProcess, tmp_path: Pa
                 "spec": {"autoAccept": True, "labels": {"fleet": "vk8s"}},
             },
         )["status"]["token"]
+    vs = {"name": "all", "namespace": NS}
     apply_native(
         server,
         [
-            {"apiVersion": V, "kind": "VirtualSite", "metadata": {"name": "all", "namespace": NS}, "spec": {"selector": "fleet=vk8s"}},
-            {"apiVersion": V, "kind": "VK8s", "metadata": {"name": VK, "namespace": NS}, "spec": {"virtualSite": "all"}},
+            {"apiVersion": V, "kind": "VirtualSite", "metadata": vs, "spec": {"selector": "fleet=vk8s"}},
+            {
+                "apiVersion": V,
+                "kind": "VK8s",
+                "metadata": {"name": VK, "namespace": NS},
+                "spec": {"virtualSite": "all"},
+            },
         ],
-    )  # fmt: skip
+    )
     kubeconfig = tmp_path / "kubeconfig"
     done = server.cli("kubeconfig", f"{NS}/{VK}", "-o", str(kubeconfig))
     assert done.returncode == 0, done.stderr
-    kube = VK8sEnv(server, kubeconfig, tmp_path / "cache", yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"])
+    kube = VK8sEnv(
+        server,
+        kubeconfig,
+        tmp_path / "cache",
+        yaml.safe_load(kubeconfig.read_text())["users"][0]["user"]["token"],
+    )
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
-    sim = Simulator(server, tmp_path / "sim", token_file, "--sites", str(SITES), "--seed", "11", "--profile", "fast")
+    sim = Simulator(
+        server, tmp_path / "sim", token_file, "--sites", str(SITES), "--seed", "11", "--profile", "fast"
+    )
     logs = (sim.output, server.log_tail)
     try:
         sim.start()
-        wait_for("3 sites", lambda: len(sites(server, "fleet=vk8s")) == SITES or Pending("onboarding"), 60, *logs)
+        wait_for(
+            "3 sites", lambda: len(sites(server, "fleet=vk8s")) == SITES or Pending("onboarding"), 60, *logs
+        )
         names = sorted(sites(server, "fleet=vk8s"))
 
         kube.ok("create", "secret", "generic", "web-creds", "--from-literal=password=s3cr3t-value")
@@ -111,12 +128,15 @@ def test_a_deployment_fans_out_to_every_site(server: ServerProcess, tmp_path: Pa
             listed = json.loads(kube.ok("get", "pods", "-o", "json"))["items"]
             running = [p for p in listed if p["status"]["phase"] == "Running"]
             ready = all(c.get("ready") for p in running for c in p["status"]["containerStatuses"])
-            return (len(running) == 9 and ready and listed) or Pending(f"{len(running)}/{len(listed)} running")
+            return (len(running) == 9 and ready and listed) or Pending(
+                f"{len(running)}/{len(listed)} running"
+            )
 
         wait_for("9 pods running", nine_running, 120, *logs)
         table = kube.ok("get", "pods", "-o", "wide")
         rows = table.strip().splitlines()[1:]
         assert len(rows) == 9, table
+        assert all(row.split()[4].endswith("s") for row in rows), table  # AGE from the sites' reports
         nodes = {row.split()[6] for row in rows}
         assert all(any(n.startswith(f"{s}-node-") for s in names) for n in nodes), table
         one = sorted(nodes)[0]
@@ -133,7 +153,10 @@ def test_a_deployment_fans_out_to_every_site(server: ServerProcess, tmp_path: Pa
         assert status["fleet"]["sites"] == 3 and status["observedGeneration"] == 1
 
         # The flavor, on the pod specs the sites report.
-        medium = {"limits": {"cpu": "250m", "memory": "250Mi"}, "requests": {"cpu": "125m", "memory": "125Mi"}}
+        medium = {
+            "limits": {"cpu": "250m", "memory": "250Mi"},
+            "requests": {"cpu": "125m", "memory": "125Mi"},
+        }
         for site, pods in pods_by_site(server).items():
             assert len(pods) == 3, site
             for pod in pods:

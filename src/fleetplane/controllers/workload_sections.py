@@ -49,7 +49,9 @@ FANOUT_KIND = "vk8s"  # the contributor's key in SECTIONS: a pseudo kind, never 
 SECTION = "workloads"
 WORKLOAD_KINDS = tuple(r.store_kind for r in K8S_RESOURCES if r.workload)
 FOLLOWER_KINDS = tuple(
-    r.store_kind for r in K8S_RESOURCES if r.kind in ("Service", "ConfigMap", "Secret", "PersistentVolumeClaim")
+    r.store_kind
+    for r in K8S_RESOURCES
+    if r.kind in ("Service", "ConfigMap", "Secret", "PersistentVolumeClaim")
 )
 OVERRIDE_KIND = OVERRIDE.store_kind
 # What the compile controller must watch besides its intents.
@@ -192,9 +194,7 @@ def _header(obj: Obj, site_ns: str, annotations: dict[str, str]) -> Obj:
     return {"apiVersion": r.api_version, "kind": r.kind, "metadata": meta}
 
 
-def render_workload(
-    tenant: str, obj: Obj, overrides: dict[str, Obj], site: str
-) -> tuple[Obj, list[str]]:
+def render_workload(tenant: str, obj: Obj, overrides: dict[str, Obj], site: str) -> tuple[Obj, list[str]]:
     """The workload as ``site`` runs it, and the problems found (unknown Overrides/flavor)."""
     m = _meta(obj)
     annotations = _annotations(obj)
@@ -245,8 +245,8 @@ def references(pod: dict[str, Any]) -> tuple[set[str], set[str], set[str]]:
     def d(value: Any) -> dict[str, Any]:
         return value if isinstance(value, dict) else {}
 
-    for volume in pod.get("volumes") or []:
-        volume = d(volume)
+    for raw_volume in pod.get("volumes") or []:
+        volume = d(raw_volume)
         if name := d(volume.get("configMap")).get("name"):
             maps.add(name)
         if name := d(volume.get("secret")).get("secretName"):
@@ -262,8 +262,8 @@ def references(pod: dict[str, Any]) -> tuple[set[str], set[str], set[str]]:
         if name := d(ref).get("name"):
             secrets.add(name)
     for key in ("initContainers", "containers"):
-        for container in pod.get(key) or []:
-            container = d(container)
+        for raw_container in pod.get(key) or []:
+            container = d(raw_container)
             for source in container.get("envFrom") or []:
                 if name := d(d(source).get("configMapRef")).get("name"):
                     maps.add(name)
@@ -280,7 +280,9 @@ def references(pod: dict[str, Any]) -> tuple[set[str], set[str], set[str]]:
 
 def _selects(service: Obj, labels: dict[str, Any]) -> bool:
     selector = (service.get("spec") or {}).get("selector")
-    return isinstance(selector, dict) and bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    return (
+        isinstance(selector, dict) and bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    )
 
 
 def render_bundle(tenant: str, bundle: Obj, site: str) -> tuple[list[Obj], dict[str, int], list[str]]:

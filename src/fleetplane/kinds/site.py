@@ -140,6 +140,7 @@ class SitePod(Schema):
     restarts: int = Field(default=0, ge=0)
     lastTermination: str | None = Field(default=None, max_length=64)  # Error | OOMKilled
     node: str | None = Field(default=None, max_length=253)
+    createdAt: str | None = Field(default=None, max_length=40)  # RFC 3339, the site's clock
     labels: dict[str, str] = Field(default_factory=dict)
     containers: list[PodContainer] = Field(default_factory=list, max_length=100)
 

@@ -200,11 +200,15 @@ async def _create(request: Request, plural: str, namespace: str | None) -> JsonR
     authorize(principal, "create", info, namespace)
     body = check_identity(info, await read_object(request), namespace, None)
     body.pop("status", None)  # status is the controllers' and agents' to write
-    obj, reveal = prepare_create(ctx, principal, info, info.normalize(body))
     tenant = tenant_for(principal, info)
-    created = await asyncio.to_thread(ctx.store.create, tenant, seal(ctx, tenant, info, obj))
-    shown = await asyncio.to_thread(after_create, ctx, principal, info, created, reveal)
-    return respond(ctx, principal, info, shown, 201)
+
+    def create() -> Obj:
+        # In a worker thread: the hooks may read the store (reference checks).
+        obj, reveal = prepare_create(ctx, principal, info, info.normalize(body))
+        created = ctx.store.create(tenant, seal(ctx, tenant, info, obj))
+        return after_create(ctx, principal, info, created, reveal)
+
+    return respond(ctx, principal, info, await asyncio.to_thread(create), 201)
 
 
 # -- one object: get, replace, patch, delete --------------------------------------------------

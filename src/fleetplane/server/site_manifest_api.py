@@ -28,8 +28,8 @@ from fleetplane.core.watch import WatchFilter
 from fleetplane.kinds import SITE_MANIFEST
 from fleetplane.kinds.vk8s import BY_STORE_KIND
 from fleetplane.server.context import ServerContext
-from fleetplane.server.sealing import unseal
 from fleetplane.server.requests import JsonResponse
+from fleetplane.server.sealing import unseal
 from fleetplane.server.site_api import MAX_WAIT, PREFIX, authenticated_identity, peer_certificate, site_of
 
 router = APIRouter(prefix=PREFIX)

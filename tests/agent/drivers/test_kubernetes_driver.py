@@ -405,3 +405,27 @@ def test_observe_reads_nodes_and_pod_requests(
         ("GET", "/api/v1/nodes"),
         ("GET", "/api/v1/pods"),
     ]
+
+
+def test_the_fanout_form_applies_each_object_into_its_site_namespace(
+    kube: tuple[RecordingKubeApiForTests, KubernetesDriver],
+) -> None:
+    api, driver = kube
+    web = {**DEPLOY, "metadata": {**DEPLOY["metadata"], "namespace": "acme-shop"}}
+    section = {"namespaces": ["acme-shop"], "objects": [web]}
+    items = driver.apply_sync({"spec": {"sections": {"workloads": section}}})
+    assert [i.to_status() for i in items] == [
+        {"section": "workloads", "name": "acme-shop/Deployment/web", "state": "Applied"}
+    ]
+    writes = [(r["method"], r["path"]) for r in api.requests if r["method"] != "GET"]
+    assert writes == [
+        ("PATCH", "/api/v1/namespaces/acme-shop"),
+        ("PATCH", "/apis/apps/v1/namespaces/acme-shop/deployments/web"),
+    ]
+    assert api.requests[0]["body"]["metadata"]["labels"] == {"fleetplane.io/managed": "true"}
+    # The section goes: the namespace's managed objects are deleted (the namespace stays).
+    api.requests.clear()
+    api.lists["/apis/apps/v1/namespaces/acme-shop/deployments"] = [{"metadata": {"name": "web"}}]
+    assert driver.apply_sync({"spec": {"sections": {}}}) == []
+    writes = [(r["method"], r["path"]) for r in api.requests if r["method"] != "GET"]
+    assert writes == [("DELETE", "/apis/apps/v1/namespaces/acme-shop/deployments/web")]

@@ -103,10 +103,17 @@ def test_site_too_small_fails_with_the_shortfall() -> None:
 
 def test_bad_section_values_and_unknown_sections_fail() -> None:
     driver = SimDriver(make_site())
-    items = run(driver.apply(manifest(reservations={"cpuMillis": "1500m"}, workloads={"x": {}})))
-    assert [(i.section, i.state) for i in items] == [("reservations", "Failed"), ("workloads", "Failed")]
+    items = run(
+        driver.apply(manifest(reservations={"cpuMillis": "1500m"}, workloads={"x": {}}, ingresses={"x": {}}))
+    )
+    assert [(i.section, i.state) for i in items] == [
+        ("reservations", "Failed"),
+        ("workloads", "Failed"),
+        ("ingresses", "Failed"),
+    ]
     assert "cpuMillis must be a non-negative integer" in (items[0].reason or "")
-    assert "does not support section 'workloads'" in (items[1].reason or "")
+    assert "must hold an objects list" in (items[1].reason or "")
+    assert "does not support section 'ingresses'" in (items[2].reason or "")
 
 
 def test_apply_and_observe_take_virtual_time() -> None:

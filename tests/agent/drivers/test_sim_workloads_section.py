@@ -14,14 +14,19 @@ SMALL = {"app:1": 100_000_000, "app:2": 100_000_000}
 FLAVOR = {"limits": {"cpu": "100m", "memory": "100Mi"}, "requests": {"cpu": "50m", "memory": "50Mi"}}
 
 
-def deployment(name: str = "web", image: str = "app:1", replicas: int = 3, generation: int = 1) -> dict[str, Any]:
+def deployment(
+    name: str = "web", image: str = "app:1", replicas: int = 3, generation: int = 1
+) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
             "name": name,
             "namespace": "acme-shop",
-            "annotations": {"fleetplane.io/vk8s-source": f"shop/{name}", "fleetplane.io/vk8s-generation": str(generation)},
+            "annotations": {
+                "fleetplane.io/vk8s-source": f"shop/{name}",
+                "fleetplane.io/vk8s-generation": str(generation),
+            },
         },
         "spec": {
             "replicas": replicas,
@@ -54,6 +59,7 @@ def test_a_deployment_runs_and_its_pods_are_reported() -> None:
         assert pod["containers"] == [{"name": "main", "image": "app:1", "resources": FLAVOR}]
         assert pod["name"].startswith("web-") and len(pod["name"].split("-")) == 3
         assert pod["labels"]["app"] == "web" and "pod-template-hash" in pod["labels"]
+        assert pod["createdAt"].endswith("Z")
     assert len({p["name"] for p in pods}) == 3
     # The report is a valid Site status.
     assert SITE.status_model is not None

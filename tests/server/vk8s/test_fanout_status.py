@@ -8,7 +8,9 @@ from fleetplane.server.vk8s.fanout import FleetView, pod_object, pods, with_stat
 from fleetplane.server.vk8s.tables import table
 
 
-def report(name: str, node: str | None = "node-0", generation: int = 2, phase: str = "Running") -> dict[str, Any]:
+def report(
+    name: str, node: str | None = "node-0", generation: int = 2, phase: str = "Running"
+) -> dict[str, Any]:
     return {
         "namespace": "acme-shop",
         "name": name,
@@ -35,14 +37,25 @@ def manifest(name: str, generation: int, replicas: int, at: int = 2) -> dict[str
         "kind": "Deployment",
         "metadata": {
             "name": "web",
-            "annotations": {"fleetplane.io/vk8s-source": "shop/web", "fleetplane.io/vk8s-generation": str(at)},
+            "annotations": {
+                "fleetplane.io/vk8s-source": "shop/web",
+                "fleetplane.io/vk8s-generation": str(at),
+            },
         },
         "spec": {"replicas": replicas},
     }
-    return {"metadata": {"name": name, "generation": generation}, "spec": {"sections": {"workloads": {"objects": [web]}}}}
+    return {
+        "metadata": {"name": name, "generation": generation},
+        "spec": {"sections": {"workloads": {"objects": [web]}}},
+    }
 
 
-DEPLOY = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "generation": 2}, "spec": {"replicas": 3}}
+DEPLOY = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "web", "generation": 2},
+    "spec": {"replicas": 3},
+}
 
 
 def test_pods_carry_their_site() -> None:
@@ -51,7 +64,9 @@ def test_pods_carry_their_site() -> None:
     assert pod["spec"]["nodeName"] == "tokyo-node-0"
     assert pod["status"]["phase"] == "Running"
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
-    pending = pod_object("shop", site("tokyo", 1), {**report("web-x", node=None, phase="Pending"), "reason": "0/1 nodes"})
+    pending = pod_object(
+        "shop", site("tokyo", 1), {**report("web-x", node=None, phase="Pending"), "reason": "0/1 nodes"}
+    )
     assert pending["spec"]["nodeName"] == "" and pending["status"]["phase"] == "Pending"
     other = {**report("x"), "namespace": "acme-other"}
     view = FleetView("acme", "shop", [site("a", 1, report("p1"), other), site("b", 1, report("p2"))])

@@ -6,8 +6,10 @@ Sections:
 
 ``workloads``
     A list of Kubernetes objects (``Deployment``, ``Service``, ``ConfigMap``, ...),
-    already rendered for the site. Each is server-side applied (``PATCH`` with
-    ``Content-Type: application/apply-patch+yaml``, ``fieldManager=fleetplane``,
+    already rendered for the site; or the vK8s fan-out form ``{namespaces, objects}``,
+    where each object goes into its own site-local namespace (server-side applied as a
+    ``Namespace`` first; items named ``<namespace>/<Kind>/<name>``). Each is server-side
+    applied (``PATCH`` with ``Content-Type: application/apply-patch+yaml``, ``fieldManager=fleetplane``,
     ``force=true``) into the site namespace, labelled ``fleetplane.io/managed=true``.
     Objects of the managed kinds that carry that label but left the section are
     deleted (``propagationPolicy=Background``). Only namespaced objects are accepted.
@@ -171,6 +173,17 @@ def render_delete(ref: ObjectRef, namespace: str) -> ApplyRequest:
     return ApplyRequest("DELETE", ref.path(namespace), (), "application/json", body)
 
 
+def render_namespace(name: str) -> ApplyRequest:
+    """Server-side apply of a site-local namespace (the vK8s fan-out form of the section)."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {MANAGED_LABEL: "true"}},
+    }
+    query = (("fieldManager", FIELD_MANAGER), ("force", "true"))
+    return ApplyRequest("PATCH", f"/api/v1/namespaces/{name}", query, APPLY_CONTENT_TYPE, body)
+
+
 def render_list(api_version: str, kind: str, namespace: str) -> ApplyRequest:
     selector = f"{MANAGED_LABEL}=true"
     return ApplyRequest(
@@ -263,6 +276,7 @@ class KubernetesDriver:
         self._kubeconfig, self._context = kubeconfig, context
         self._api: ApiClient | None = api_client
         self._kinds: set[tuple[str, str]] = set(managed_kinds)
+        self._namespaces: set[str] = {namespace}  # where managed objects may be (fan-out adds)
         self._now = now
 
     @property
@@ -345,29 +359,65 @@ class KubernetesDriver:
         return ItemStatus("reservations", "reservations", "Failed", why)
 
     def _apply_workloads(self, section: Any) -> list[ItemStatus]:
-        if not isinstance(section, list):
+        """The list form: objects into the driver's namespace. The vK8s fan-out form
+        ``{namespaces, objects}`` (docs/site-manifest.md): each object into its own namespace
+        (``<tenant>-<namespace>``), created (server-side applied, labelled managed) first;
+        a namespace that leaves the section has its managed objects deleted, not itself."""
+        qualify = isinstance(section, Mapping)
+        by_ns: dict[str, list[Any]] = {}
+        if isinstance(section, Mapping):
+            objects = section.get("objects")
+            if not isinstance(objects, list):
+                return [
+                    ItemStatus("workloads", "workloads", "Failed", "the workloads objects must be a list")
+                ]
+            for ns in section.get("namespaces") or []:
+                if isinstance(ns, str) and ns:
+                    by_ns[ns] = []
+            for obj in objects:
+                meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+                ns = meta.get("namespace") if isinstance(meta, Mapping) else None
+                by_ns.setdefault(ns if isinstance(ns, str) and ns else self.namespace, []).append(obj)
+        elif isinstance(section, list):
+            by_ns[self.namespace] = section
+        else:
             return [ItemStatus("workloads", "workloads", "Failed", "the workloads section must be a list")]
+        items: list[ItemStatus] = []
+        for ns in sorted(set(by_ns) | self._namespaces):
+            if ns != self.namespace and ns in by_ns:
+                try:
+                    self.request(render_namespace(ns))
+                except Exception as exc:
+                    items.append(ItemStatus("workloads", f"Namespace/{ns}", "Failed", _reason(exc)))
+                    continue
+            items += self._apply_in(ns, by_ns.get(ns, []), qualify)
+        self._namespaces = set(by_ns) | {self.namespace}
+        return items
+
+    def _apply_in(self, namespace: str, section: list[Any], qualify: bool) -> list[ItemStatus]:
+        prefix = f"{namespace}/" if qualify else ""
         items: list[ItemStatus] = []
         wanted: list[ObjectRef] = []
         for index, obj in enumerate(section):
             ref = _ref(obj)
             if isinstance(ref, str):
-                items.append(ItemStatus("workloads", f"#{index}", "Failed", ref))
+                items.append(ItemStatus("workloads", f"{prefix}#{index}", "Failed", ref))
                 continue
             wanted.append(ref)  # a failed apply must not delete the object it left in place
             self._kinds.add((ref.api_version, ref.kind))
             try:
-                self.request(render_apply(obj, self.namespace))
+                self.request(render_apply(obj, namespace))
             except Exception as exc:
-                items.append(ItemStatus("workloads", ref.item_name, "Failed", _reason(exc)))
+                items.append(ItemStatus("workloads", prefix + ref.item_name, "Failed", _reason(exc)))
             else:
-                items.append(ItemStatus("workloads", ref.item_name, "Applied"))
+                items.append(ItemStatus("workloads", prefix + ref.item_name, "Applied"))
         existing: list[ObjectRef] = []
         for api_version, kind in sorted(self._kinds):
             try:
-                listed = self.request(render_list(api_version, kind, self.namespace))
+                listed = self.request(render_list(api_version, kind, namespace))
             except Exception as exc:
-                items.append(ItemStatus("workloads", f"{kind}/*", "Failed", f"cannot list: {_reason(exc)}"))
+                why = f"cannot list: {_reason(exc)}"
+                items.append(ItemStatus("workloads", f"{prefix}{kind}/*", "Failed", why))
                 continue
             for entry in (listed or {}).get("items") or []:
                 name = (entry.get("metadata") or {}).get("name")
@@ -375,10 +425,12 @@ class KubernetesDriver:
                     existing.append(ObjectRef(api_version, kind, name))
         for ref in managed_diff(wanted, existing):
             try:
-                self.request(render_delete(ref, self.namespace))
+                self.request(render_delete(ref, namespace))
             except Exception as exc:
                 items.append(
-                    ItemStatus("workloads", ref.item_name, "Failed", f"cannot delete: {_reason(exc)}")
+                    ItemStatus(
+                        "workloads", prefix + ref.item_name, "Failed", f"cannot delete: {_reason(exc)}"
+                    )
                 )
         return items
 

@@ -104,7 +104,7 @@ def pod_object(namespace: str, site: Obj, pod: dict[str, Any]) -> Obj:
     """One reported pod as a Kubernetes Pod of the vK8s namespace."""
     site_name = str(site["metadata"]["name"])
     workload = str(pod.get("workload") or "")
-    _, kind, owner = (workload.split("/", 2) + ["", ""])[:3]
+    _, kind, owner = [*workload.split("/", 2), "", ""][:3]
     name = str(pod.get("name") or "")
     if kind == "StatefulSet":
         name = f"{name}.{site_name}"
@@ -129,6 +129,8 @@ def pod_object(namespace: str, site: Obj, pod: dict[str, Any]) -> Obj:
         "labels": {**{str(k): str(v) for k, v in _d(pod.get("labels")).items()}, SITE_KEY: site_name},
         "annotations": {SITE_KEY: site_name, "ves.io/site-namespace": str(pod.get("namespace"))},
     }
+    if pod.get("createdAt"):
+        meta["creationTimestamp"] = str(pod["createdAt"])
     if kind and owner:
         group = "batch/v1" if kind == "Job" else "apps/v1"
         meta["ownerReferences"] = [{"apiVersion": group, "kind": kind, "name": owner, "controller": True}]
@@ -179,9 +181,9 @@ def with_status(view: FleetView, obj: Obj) -> Obj:
     key = f"{view.namespace}/{kind}/{name}"
     source = f"{view.namespace}/{name}"
     reports: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for site, pod in view.reported():
+    for reporter, pod in view.reported():
         if pod.get("workload") == key:
-            reports[str(site["metadata"]["name"])].append(pod)
+            reports[str(reporter["metadata"]["name"])].append(pod)
     applied = {
         str(s["metadata"]["name"]): int(_d(_d(s.get("status")).get("manifest")).get("generation") or 0)
         for s in view.sites
@@ -203,7 +205,9 @@ def with_status(view: FleetView, obj: Obj) -> Obj:
         if rendered is None:
             continue
         at = str(_d(_d(rendered.get("metadata")).get("annotations")).get(GENERATION_ANNOTATION) or "0")
-        observed = at == str(generation) and applied.get(site, 0) >= int(manifest["metadata"].get("generation") or 0)
+        observed = at == str(generation) and applied.get(site, 0) >= int(
+            manifest["metadata"].get("generation") or 0
+        )
         observed_all = observed_all and observed
         pods_here = reports.get(site, [])
         per_site.append(
@@ -219,7 +223,8 @@ def with_status(view: FleetView, obj: Obj) -> Obj:
     desired = sum(s["desiredReplicas"] for s in per_site)
     ready = sum(s["readyReplicas"] for s in per_site)
     updated = sum(s["updatedReplicas"] for s in per_site)
-    available = observed_all and ready >= desired and updated >= desired
+    # On no site (an empty virtual site), nothing runs: not available.
+    available = bool(per_site) and observed_all and ready >= desired and updated >= desired
     status: dict[str, Any] = {
         "observedGeneration": generation if observed_all else max(generation - 1, 0),
         "replicas": sum(s["replicas"] for s in per_site),
@@ -234,7 +239,9 @@ def with_status(view: FleetView, obj: Obj) -> Obj:
                 "type": "Available",
                 "status": "True" if available else "False",
                 "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                "message": f"{ready}/{desired} replicas ready on {len(per_site)} sites",
+                "message": f"{ready}/{desired} replicas ready on {len(per_site)} sites"
+                if per_site
+                else "placed on no site (its virtual sites select none)",
             },
             {
                 "type": "Progressing",

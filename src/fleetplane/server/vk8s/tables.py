@@ -98,9 +98,11 @@ def _selector(obj: Obj) -> str:
 
 def _desired(obj: Obj) -> Any:
     """Replicas wanted: over every site the workload runs on (``status.fleet``, fan-out), else
-    ``spec.replicas`` (the per-site count) before any site is known."""
+    ``spec.replicas`` (the per-site count) while it is placed on no site."""
     fleet = _d(_d(obj.get("status")).get("fleet"))
-    return fleet.get("desiredReplicas", _d(obj.get("spec")).get("replicas", 0))
+    if fleet.get("sites"):
+        return fleet.get("desiredReplicas", 0)
+    return _d(obj.get("spec")).get("replicas", 0)
 
 
 def _deployment(obj: Obj) -> list[Any]:

@@ -18,6 +18,7 @@ labels and containers (image, resources), named as upstream's controllers name p
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping
@@ -72,7 +73,9 @@ def _resources(containers: list[dict[str, Any]]) -> tuple[int, int, int | None, 
         cpu += cpu_millis(req.get("cpu") or lim.get("cpu") or "0")
         mem += memory_bytes(req.get("memory") or lim.get("memory") or "0")
         cpu_limit = None if cpu_limit is None or "cpu" not in lim else cpu_limit + cpu_millis(lim["cpu"])
-        mem_limit = None if mem_limit is None or "memory" not in lim else mem_limit + memory_bytes(lim["memory"])
+        mem_limit = (
+            None if mem_limit is None or "memory" not in lim else mem_limit + memory_bytes(lim["memory"])
+        )
     return cpu, mem, cpu_limit, mem_limit
 
 
@@ -137,6 +140,7 @@ class WorkloadSection:
         self.model = model
         self.is_bad = is_bad
         self.placed: dict[str, Placed] = {}  # model workload name -> what it came from
+        self.created: dict[str, float] = {}  # model pod name -> when this section created it
         self.active = False  # a section was applied (its absence then removes the workloads)
 
     def apply(self, section: Any, now: float) -> list[ItemStatus]:
@@ -171,6 +175,7 @@ class WorkloadSection:
             placed[parsed[0].name] = parsed[1]
         self.model.set_workloads(workloads, now)
         self.placed = placed
+        self.created = {n: self.created.get(n, now) for n in self.model.pods}
         for name in sorted(placed):
             status = self.model.item_status(name)
             items.append(dataclasses.replace(status, name=name))
@@ -214,6 +219,9 @@ class WorkloadSection:
                 report["lastTermination"] = pod.last_termination
             if pod.node:
                 report["node"] = pod.node
+            if pod.name in self.created:
+                when = dt.datetime.fromtimestamp(self.created[pod.name], dt.UTC)
+                report["createdAt"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
             out.append(report)
         out.sort(key=lambda p: (p["namespace"], p["name"]))
         return tuple(out)
