@@ -2,7 +2,9 @@
 real kubectl. A 3-replica Deployment on a virtual site of 3 sites lists 9 pods (the reference
 example), ``get deploy`` shows 9/9, ``rollout status`` and ``wait --for=condition=Available``
 finish, the flavor's limits are on the pods the sites report, a Secret reaches the sites opened
-while their stored manifests keep it sealed, an Override moves one site to another image, and
+while their stored manifests keep it sealed, a Deployment annotated ``ves.io/virtual-sites`` runs
+on exactly the union of the two virtual sites it names (asserted site by site), an Override
+moves one site to another image, and
 ``kubectl logs`` answers that it is not supported."""
 
 from __future__ import annotations
@@ -175,6 +177,38 @@ def test_a_deployment_fans_out_to_every_site(server: ServerProcess, tmp_path: Pa
             secret = next(o for o in objs if o["kind"] == "Secret")
             assert base64.b64decode(secret["data"]["password"]) == b"s3cr3t-value"
 
+        # The virtual-sites annotation: the union of a namespace's and a shared virtual site.
+        city = {n: s["metadata"]["labels"]["city"] for n, s in sites(server, "fleet=vk8s").items()}
+        apply_native(
+            server,
+            [
+                {"apiVersion": V, "kind": "VirtualSite", "metadata": {"name": "one", "namespace": NS},
+                 "spec": {"selector": f"city={city[names[0]]}"}},
+                {"apiVersion": V, "kind": "VirtualSite", "metadata": {"name": "two", "namespace": "shared"},
+                 "spec": {"selector": f"city={city[names[2]]}"}},
+            ],
+        )  # fmt: skip
+        api = deployment()
+        api["metadata"] = {"name": "api", "annotations": {"ves.io/virtual-sites": f"{NS}/one,shared/two"}}
+        api["spec"]["replicas"] = 2
+        api["spec"]["selector"] = {"matchLabels": {"app": "api"}}
+        api["spec"]["template"]["metadata"]["labels"] = {"app": "api"}
+        kube.ok("apply", "-f", "-", stdin=json.dumps(api))
+        tiny = {"limits": {"cpu": "100m", "memory": "100Mi"}, "requests": {"cpu": "50m", "memory": "50Mi"}}
+
+        def api_placed() -> Any:
+            found = {
+                site: sorted(
+                    p["containers"][0]["resources"] == tiny for p in pods if p["workload"].endswith("/api")
+                )
+                for site, pods in pods_by_site(server).items()
+            }
+            want = {names[0]: [True, True], names[1]: [], names[2]: [True, True]}
+            return found == want or Pending(str(found))
+
+        wait_for("api on the annotated virtual sites only", api_placed, 60, *logs)
+        wait_for("4/4", lambda: " 4/4 " in kube.ok("get", "deploy", "api") or Pending("not ready"), 30, *logs)
+
         # An Override moves one site to another image.
         canary_spec = deployment()["spec"]
         canary_spec["template"]["spec"]["containers"][0]["image"] = CANARY
@@ -188,14 +222,16 @@ def test_a_deployment_fans_out_to_every_site(server: ServerProcess, tmp_path: Pa
 
         def canary_running() -> Any:
             images = {
-                site: {(p["containers"][0]["image"], p["phase"]) for p in pods}
+                site: {
+                    (p["containers"][0]["image"], p["phase"]) for p in pods if p["workload"].endswith("/web")
+                }
                 for site, pods in pods_by_site(server).items()
             }
             want = {s: {(CANARY if s == names[1] else IMAGE, "Running")} for s in names}
             return images == want or Pending(str(images))
 
         wait_for("the canary site to run the other image", canary_running, 120, *logs)
-        wide = kube.ok("get", "pods", "-o", "wide", "-l", f"ves.io/site={names[1]}")
+        wide = kube.ok("get", "pods", "-o", "wide", "-l", f"ves.io/site={names[1]},app=web")
         assert len(wide.strip().splitlines()) == 4
 
         # Logs: the pod exists, its logs are not served.
