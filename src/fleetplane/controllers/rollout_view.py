@@ -93,6 +93,10 @@ class RolloutView:
     revision_targets: dict[Intent, dict[int, list[str]]] = field(default_factory=dict)
     rollouts: dict[RolloutKey, Obj] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # section -> intent kind, once: looked up for every manifest event
+        self._section_kinds = {c.section: c.kind for c in self.sections.all()}
+
     # -- folding events in ----------------------------------------------------------------------
 
     def apply(self, ev: Event) -> tuple[set[str], set[Intent]]:
@@ -165,7 +169,7 @@ class RolloutView:
         if obj is None:
             self.manifests.pop(key, None)
             return set()
-        by_section = {c.section: c.kind for c in self.sections.all()}
+        by_section = self._section_kinds
         revisions: dict[Ident, int] = {}
         for section, body in ((obj.get("spec") or {}).get("sections") or {}).items():
             kind = by_section.get(section)
