@@ -145,6 +145,30 @@ class Server:
                 return items, rv
 
 
+def bench_fleet(server: Server, token_name: str, virtual_site: str) -> str:
+    """An auto-accept token labelling its sites ``fleet=<FLEET_LABEL>`` and a virtual site
+    (namespace default) selecting them; the token's secret."""
+    token: str = server.post(
+        f"{API}/registrationtokens",
+        {
+            "apiVersion": "fleetplane.io/v1",
+            "kind": "RegistrationToken",
+            "metadata": {"name": token_name},
+            "spec": {"autoAccept": True, "labels": {"fleet": FLEET_LABEL}},
+        },
+    )["status"]["token"]
+    server.post(
+        f"{API}/namespaces/default/virtualsites",
+        {
+            "apiVersion": "fleetplane.io/v1",
+            "kind": "VirtualSite",
+            "metadata": {"name": virtual_site},
+            "spec": {"selector": f"fleet={FLEET_LABEL}"},
+        },
+    )
+    return token
+
+
 def _applied(site: dict[str, Any]) -> tuple[int, bool]:
     rep = (site.get("status") or {}).get("manifest") or {}
     return int(rep.get("generation") or 0), rep.get("state") == "Applied"
@@ -298,24 +322,7 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
         server = Server(root)
         sim: subprocess.Popen[bytes] | None = None
         try:
-            token = server.post(
-                f"{API}/registrationtokens",
-                {
-                    "apiVersion": "fleetplane.io/v1",
-                    "kind": "RegistrationToken",
-                    "metadata": {"name": "fanout"},
-                    "spec": {"autoAccept": True, "labels": {"fleet": FLEET_LABEL}},
-                },
-            )["status"]["token"]
-            server.post(
-                f"{API}/namespaces/default/virtualsites",
-                {
-                    "apiVersion": "fleetplane.io/v1",
-                    "kind": "VirtualSite",
-                    "metadata": {"name": "all-bench-sites"},
-                    "spec": {"selector": f"fleet={FLEET_LABEL}"},
-                },
-            )
+            token = bench_fleet(server, "fanout", "all-bench-sites")
             time.sleep(1.0)
             rss_before = rss_kb(server.proc.pid)
 

@@ -48,11 +48,11 @@ import orjson
 from bench.common import Report
 from bench.fanout import (
     API,
-    FLEET_LABEL,
     HEARTBEAT_QUICK_S,
     HEARTBEAT_S,
     Server,
     Watcher,
+    bench_fleet,
     start_simulator,
     wait_onboarded,
 )
@@ -187,24 +187,7 @@ def _fleet(sizes: RolloutSizes) -> FleetRun:
         sim: subprocess.Popen[bytes] | None = None
         watchers: list[Watcher] = []
         try:
-            token = server.post(
-                f"{API}/registrationtokens",
-                {
-                    "apiVersion": "fleetplane.io/v1",
-                    "kind": "RegistrationToken",
-                    "metadata": {"name": "rollout"},
-                    "spec": {"autoAccept": True, "labels": {"fleet": FLEET_LABEL}},
-                },
-            )["status"]["token"]
-            server.post(
-                f"{API}/namespaces/default/virtualsites",
-                {
-                    "apiVersion": "fleetplane.io/v1",
-                    "kind": "VirtualSite",
-                    "metadata": {"name": VIRTUAL_SITE},
-                    "spec": {"selector": f"fleet={FLEET_LABEL}"},
-                },
-            )
+            token = bench_fleet(server, "rollout", VIRTUAL_SITE)
             # Revision 1, no strategy: every site gets it when it comes up.
             server.post(f"{API}/namespaces/default/resourcereservations", _reservation("250m"))
             t_onboard = time.perf_counter()
