@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fleetplane.controllers.loop import run_controller
@@ -322,6 +323,7 @@ class ManifestController:
         self.hub = hub
         self.sections = sections
         self.flush_delay = flush_delay
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest-writer")
         self.state = ManifestState(sections, follow_rollouts=True)
         self.hashes: dict[SiteKey, str] = {}  # the stored manifests' spec.hash
         self.synced = asyncio.Event()
@@ -378,7 +380,9 @@ class ManifestController:
             for i in range(0, len(plan), WRITE_CHUNK):
                 chunk = plan[i : i + WRITE_CHUNK]
                 try:
-                    await asyncio.to_thread(self._write_chunk, chunk)
+                    # Its own thread: a rollout wave's manifests must not queue behind the
+                    # sites' long-poll reads in the shared pool.
+                    await asyncio.get_running_loop().run_in_executor(self._writer, self._write_chunk, chunk)
                 except Exception as exc:
                     log.warning("could not write %d manifests (%s); will retry", len(chunk), exc)
                     self._dirty.update(key for key, _, _ in chunk)

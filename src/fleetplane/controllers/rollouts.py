@@ -29,6 +29,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from fleetplane.controllers.loop import run_controller
 from fleetplane.controllers.rollout import Strategy, actions_from_spec, initial_state, next_wakeup, step
@@ -70,6 +71,9 @@ class RolloutController:
         self._intents: set[Intent] = set()  # intents whose Rollouts to check
         self._retry: set[RolloutKey] = set()
         self._wake = asyncio.Event()
+        # Status writes on their own thread: every wave waits on them, and the shared pool
+        # is full of the sites' long-poll reads during a wave.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-writer")
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -308,7 +312,9 @@ class RolloutController:
             "status": result.state.to_dict(),
         }
         try:
-            written = await asyncio.to_thread(self.store.update, key[0], body, part="status")
+            written = await asyncio.get_running_loop().run_in_executor(
+                self._writer, functools.partial(self.store.update, key[0], body, part="status")
+            )
         except ApiError as exc:
             if exc.code == 409:  # changed meanwhile (an operator's patch): re-read, step again
                 fresh = await asyncio.to_thread(self.store.get_or_none, key[0], ROLLOUT.kind, key[1], key[2])
