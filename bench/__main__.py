@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import e2e, fanout, membership, onboarding, rollout, store
+from bench import alerts, console, e2e, fanout, infra, membership, onboarding, rollout, store, vk8s
 from bench.common import Figure, Report
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Report, bool], None]]] = {
@@ -28,6 +28,10 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Report, bool], None]]] = {
     "onboarding": ("Onboarding: register, poll, first mTLS heartbeat", onboarding.run),
     "fanout": ("Fan-out: one intent change to N connected sites vs NATS", fanout.run),
     "rollout": ("Rolling upgrades: control-plane overhead, patching 100 sites", rollout.run),
+    "vk8s": ("vK8s: kubectl get pods at N sites x 3 pods, a Deployment change to N sites", vk8s.run),
+    "console": ("Console: fleet map, sites table and HTML with 10,000 sites", console.run),
+    "infra": ("Infrastructure: a 10-server site installed, a patch to 100 sites (sim timings)", infra.run),
+    "alerts": ("Alerts and metrics history: evaluation ticks and batched history writes", alerts.run),
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -364,7 +364,8 @@ def _fleet_figures(report: Report, sizes: RolloutSizes) -> None:
             report.notes.append(
                 f"rollout: fleet overhead MISS ({overhead:.2f} s > {OVERHEAD_TARGET_S:.0f} s): between waves "
                 f"{sum(gaps) / len(gaps) * 1000:.0f} ms on average = the RolloutController noticing the "
-                f"wave's last report ({react_ms:.0f} ms; it paces rounds by 4x their length, <= 0.5 s) + "
+                f"wave's last report ({react_ms:.0f} ms; between rounds it pauses as long as a round's "
+                "CPU, 0.05-0.5 s) + "
                 f"the compile writing the next wave's manifests ({compile_ms:.0f} ms)"
             )
     report.params[SECTION]["fleet_waves"] = waves

@@ -8,6 +8,7 @@
 #               - a software TPM for the device-identity path (and the headers tpm2-pytss builds with)
 #   faketime    - runs a server in the future to prove expired certificates are refused
 #   nats-server - the physical-floor fan-out baseline of the fan-out benchmark (bench/fanout.py)
+#   chromium    - the browser the console's Playwright tests drive (tests/server/console)
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
@@ -21,6 +22,7 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v faketime >/dev/null || need+=(faketime)
 command -v nats-server >/dev/null || need+=(nats-server)
 command -v nft >/dev/null || need+=(nftables)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${need[*]} (install them with apt-get as root)" >&2

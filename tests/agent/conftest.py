@@ -94,6 +94,40 @@ def swtpm(tmp_path: Path) -> Iterator[str]:
         yield tcti
 
 
+def _start_swtpm(state: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            "swtpm",
+            "socket",
+            "--tpm2",
+            "--tpmstate",
+            f"dir={state}",
+            "--server",
+            f"type=tcp,port={port},bindaddr=127.0.0.1",
+            "--ctrl",
+            f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+            "--flags",
+            "not-need-init,startup-clear",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], port: int) -> str | None:
+    """None once swtpm accepts connections; its error output when it exited instead."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return proc.stderr.read().decode() if proc.stderr else "exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return None
+        except OSError:
+            time.sleep(0.05)
+    return None
+
+
 @contextlib.contextmanager
 def running_swtpm(tmp_path: Path) -> Iterator[str]:
     """Start ``swtpm`` with its state under ``tmp_path``; fails (never skips) when missing."""
@@ -105,34 +139,18 @@ def running_swtpm(tmp_path: Path) -> Iterator[str]:
         pytest.fail(f"tpm2-pytss is not installed: {SWTPM_INSTALL}")
     state = tmp_path / "tpm-state"
     state.mkdir()
-    port = _free_port()  # the swtpm TCTI expects the control channel on port + 1
-    ctrl = port + 1
-    proc = subprocess.Popen(
-        [
-            "swtpm",
-            "socket",
-            "--tpm2",
-            "--tpmstate",
-            f"dir={state}",
-            "--server",
-            f"type=tcp,port={port},bindaddr=127.0.0.1",
-            "--ctrl",
-            f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
-            "--flags",
-            "not-need-init,startup-clear",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"swtpm exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    # The swtpm TCTI expects the control channel on port + 1, which another process (a
+    # parallel test worker) may hold: pick again when swtpm cannot bind.
+    for _attempt in range(5):
+        port = _free_port()
+        proc = _start_swtpm(state, port)
+        error = _wait_listening(proc, port)
+        if error is None:
             break
-        except OSError:
-            time.sleep(0.05)
+        if "Address already in use" not in error:
+            pytest.fail(f"swtpm exited: {error}")
+    else:
+        pytest.fail(f"swtpm could not bind a port: {error}")
     try:
         yield f"swtpm:host=127.0.0.1,port={port}"
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_writes_health_once_and_not_on_reports_that_change_nothing(store: Store)
     async def scenario() -> None:
         async with running(store, min_interval=0.0) as controller:
             for i in range(3):
-                await eventually(lambda i=i: stored_health(store, f"s{i}"))
+                await eventually(functools.partial(stored_health, store, f"s{i}"))
             h = stored_health(store, "s0")
             assert h is not None
             assert (h["score"], h["colour"], h["reasons"]) == (100, "green", [])

@@ -211,3 +211,27 @@ def test_health_is_derived_until_sites_report_a_score() -> None:
     assert site_health({"phase": "Online", "manifest": {**report, "items": []}}) == 100.0
     assert site_health({"phase": "Pending"}) is None  # never reported: unknown
     assert site_health({"phase": "Online", "health": {"score": 72}, "manifest": report}) == 72.0
+
+
+def test_old_rollouts_are_pruned_once_a_newer_one_completed_everywhere(store: Store) -> None:
+    store.create(TENANT, vs("prod", "env=prod"))
+    fleet = FakeFleet(store, SITES)
+    rolling = {"type": "rolling", "batchSize": 3}
+
+    def rollouts() -> list[str]:
+        return sorted(o["metadata"]["name"] for o in store.list(TENANT, "Rollout", namespace="shop").items)
+
+    async def scenario() -> None:
+        async with Controllers(store, fleet, keep=2):
+            store.create(TENANT, reservation("1", rolling))
+            await until(phase(store, "resourcereservation-r-1", "Completed"))
+            for generation in (2, 3, 4):
+                update(store, reservation(str(generation), rolling))
+                await until(phase(store, f"resourcereservation-r-{generation}", "Completed"))
+            # The newest two are kept; the older ones go (their revisions stay in the history).
+            await until(lambda: rollouts() == ["resourcereservation-r-3", "resourcereservation-r-4"])
+            await asyncio.sleep(0.3)
+            assert revisions(store) == [4] * 6  # pruning changed no site's revision
+            assert store.list(TENANT, "IntentRevision", namespace="shop").items
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

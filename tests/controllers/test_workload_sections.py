@@ -298,6 +298,10 @@ def test_changes_recompile_the_sites_they_touch() -> None:
     changed["metadata"]["generation"] = 2
     changed["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.28"
     assert state.apply(_event(web["kind"], changed)) == {(T, "tokyo"), (T, "osaka")}
+    # A status write (the workload status controller's) reaches no site: nothing recompiles.
+    counted = {**copy.deepcopy(changed), "status": {"readyReplicas": 6}}
+    counted["metadata"]["resourceVersion"] = str(next(_rv))
+    assert state.apply(_event(web["kind"], counted)) == set()
     # Moving it to eu recompiles the old and the new sites.
     moved = copy.deepcopy(changed)
     moved["metadata"]["annotations"] = {"ves.io/virtual-sites": "eu"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ def small_image(repo: str, after: int = 0) -> str:
 
 IMAGE = small_image("nginx")
 CANARY = small_image("nginx", int(IMAGE.rsplit(".", 1)[1]) + 1)
+BUMP = small_image("nginx", int(CANARY.rsplit(".", 1)[1]) + 1)
 
 
 @pytest.fixture(scope="module")
@@ -239,5 +241,73 @@ def test_a_deployment_fans_out_to_every_site(server: ServerProcess, tmp_path: Pa
         logs_done = kube.kubectl("logs", pod)
         assert logs_done.returncode != 0
         assert "not supported by vK8s" in logs_done.stderr, logs_done.stderr
+
+        # A change watched from its middle: the stored status and pods move, so `rollout status`
+        # started after the change finishes once every site runs it, and `get pods -w` sees it.
+        base = ["kubectl", "--kubeconfig", str(kube.kubeconfig), "--cache-dir", str(kube.cache)]
+        watcher = subprocess.Popen(
+            [*base, "get", "pods", "-w", "--output-watch-events"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            kube.ok("set", "image", "deployment/web", f"web={BUMP}")
+            rolled = kube.kubectl("rollout", "status", "deployment/web", "--timeout=120s", timeout=130)
+            assert rolled.returncode == 0, rolled.stderr
+            assert 'deployment "web" successfully rolled out' in rolled.stdout
+            for site, pods in pods_by_site(server).items():  # finished only once every site has it
+                web = {
+                    (p["containers"][0]["image"], p["phase"]) for p in pods if p["workload"].endswith("/web")
+                }
+                assert web == {(CANARY if site == names[1] else BUMP, "Running")}, (site, web)
+        finally:
+            watcher.terminate()
+            seen = watcher.communicate(timeout=10)[0]
+        events = [line.split() for line in seen.splitlines() if line.strip()]
+        assert {"ADDED", "MODIFIED", "DELETED"} <= {e[0] for e in events}, seen
+
+        # The workload view: an image the registry lacks and a memory limit below the use fail
+        # every site, each with its reason; `kubectl get pods` shows the waiting reason too.
+        for name, image, usage in (("pull", "nginx:missing", None), ("oom", IMAGE, "300Mi")):
+            broken = deployment("tiny")
+            broken["metadata"] = {"name": name, "annotations": {"ves.io/workload-flavor": "tiny"}}
+            broken["spec"]["replicas"] = 1
+            broken["spec"]["selector"] = {"matchLabels": {"app": name}}
+            template = broken["spec"]["template"]
+            template["metadata"] = {"labels": {"app": name}}
+            if usage:
+                template["metadata"]["annotations"] = {"sim.fleetplane.io/memory-usage": usage}
+            template["spec"]["containers"][0]["image"] = image
+            kube.ok("apply", "-f", "-", stdin=json.dumps(broken))
+
+        def view() -> Any:
+            done = server.cli("workloads", NS, "-o", "json")
+            assert done.returncode == 0, done.stderr
+            by = {w["name"]: w for w in json.loads(done.stdout)}
+            ok = (
+                by["pull"]["podStates"]["ImagePullBackOff"] == SITES
+                and by["oom"]["podStates"]["OOMKilled"] == SITES
+                and by["web"]["siteStates"]["deployed"] == SITES
+            )
+            return (
+                by
+                if ok
+                else Pending(json.dumps({k: (w["siteStates"], w["podStates"]) for k, w in by.items()}))
+            )
+
+        by = wait_for("the workload view to show the failures", view, 90, *logs)
+        assert by["pull"]["siteStates"] == {"deployed": 0, "inProgress": 0, "failed": SITES}
+        assert sorted(f["site"] for f in by["oom"]["failing"]) == names
+        assert all(f["reason"].startswith("OOMKilled") for f in by["oom"]["failing"])
+        assert all("manifest unknown" in f["reason"] for f in by["pull"]["failing"])
+        shown = server.cli("workloads", NS)
+        assert shown.returncode == 0, shown.stderr
+        assert (
+            "deployment/pull" in shown.stdout and "ImagePullBackOff: Back-off pulling image" in shown.stdout
+        )
+        assert "deployment/oom" in shown.stdout and names[0] in shown.stdout
+        pulled = kube.ok("get", "pods", "-l", "app=pull")
+        assert pulled.count("ImagePullBackOff") == SITES, pulled
     finally:
         sim.stop()

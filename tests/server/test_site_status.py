@@ -4,8 +4,10 @@ admitted only for the site's current certificate, inside the batch's transaction
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +42,7 @@ def test_concurrent_reports_share_one_commit_and_each_lands(ctx: ServerContext) 
     writer = StatusWriter(ctx)
     before = ctx.store.revision()
 
-    async def all_reports() -> list[dict[str, object]]:
+    async def all_reports() -> list[dict[str, Any]]:
         return await asyncio.gather(
             *(writer.submit("acme", f"s{i}", f"a{i}", report(f"v{i}")) for i in range(50))
         )
@@ -64,12 +66,14 @@ def test_a_refused_report_does_not_sink_its_batch(ctx: ServerContext) -> None:
     writer = StatusWriter(ctx)
 
     async def reports() -> list[object]:
-        return await asyncio.gather(
-            writer.submit("acme", "good", "g1", report("ok")),
-            writer.submit("acme", "renewed", "r1", report("stale")),  # superseded certificate
-            writer.submit("acme", "retired", "t1", report("late")),
-            writer.submit("acme", "gone", "x1", report("ghost")),
-            return_exceptions=True,
+        return list(
+            await asyncio.gather(
+                writer.submit("acme", "good", "g1", report("ok")),
+                writer.submit("acme", "renewed", "r1", report("stale")),  # superseded certificate
+                writer.submit("acme", "retired", "t1", report("late")),
+                writer.submit("acme", "gone", "x1", report("ghost")),
+                return_exceptions=True,
+            )
         )
 
     good, renewed, retired, gone = asyncio.run(reports())
@@ -92,3 +96,44 @@ def test_a_site_cannot_decommission_itself_or_send_a_bad_field() -> None:
     with pytest.raises(ApiError) as bad:
         validated_status("s1", {"nodeCount": "many"})
     assert bad.value.code == 422 and "status.nodeCount" in bad.value.message
+
+
+def test_a_report_carries_its_health_score_so_the_flush_writes_nothing(ctx: ServerContext) -> None:
+    from fleetplane.controllers.health_controller import HealthController
+
+    add_site(ctx, "s1", "a1")
+    health = HealthController(ctx.store, ctx.hub)
+    ctx.extras["health"] = health
+    writer = StatusWriter(ctx)
+
+    async def run() -> tuple[dict[str, object], int]:
+        await ctx.hub.start()
+        task = asyncio.create_task(health.run())
+        try:
+            await asyncio.wait_for(health.synced.wait(), 10)
+            site = await writer.submit("acme", "s1", "a1", report("v1"))
+            again = await writer.submit("acme", "s1", "a1", report("v1"))
+            await asyncio.sleep(0.1)
+            await health.flush()
+            assert again["status"]["health"] == site["status"]["health"]  # unchanged: kept
+            return site, health.writes
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await ctx.hub.stop()
+
+    site, flushed = asyncio.run(run())
+    stored = ctx.store.get("acme", "Site", "", "s1")["status"]["health"]
+    assert stored == site["status"]["health"]  # type: ignore[index]
+    assert stored["score"] > 0 and stored["colour"] and stored["observedAt"]
+    assert flushed == 0  # the report's own write carried the score
+
+
+def test_no_health_from_a_replica_that_does_not_write_it(ctx: ServerContext) -> None:
+    from fleetplane.controllers.health_controller import HealthController
+
+    add_site(ctx, "s1", "a1")
+    ctx.extras["health"] = HealthController(ctx.store, ctx.hub, write=False)
+    site = asyncio.run(StatusWriter(ctx).submit("acme", "s1", "a1", report("v1")))
+    assert "health" not in site["status"]

@@ -68,8 +68,10 @@ class FakeFleet:
 class Controllers:
     """Compile, history and rollout controllers (and optionally the fake fleet) on one hub."""
 
-    def __init__(self, store: Store, fleet: FakeFleet | None = None, clock: Any = None) -> None:
-        self.store, self.fleet, self.clock = store, fleet, clock
+    def __init__(
+        self, store: Store, fleet: FakeFleet | None = None, clock: Any = None, keep: int | None = None
+    ) -> None:
+        self.store, self.fleet, self.clock, self.keep = store, fleet, clock, keep
 
     async def __aenter__(self) -> Controllers:
         self.hub = WatchHub(self.store, poll_interval=0.2)
@@ -77,6 +79,8 @@ class Controllers:
         self.manifests = ManifestController(self.store, self.hub, flush_delay=0.01)
         self.history = HistoryController(self.store, self.hub)
         kw: dict[str, Any] = {"clock": self.clock} if self.clock is not None else {}
+        if self.keep is not None:
+            kw["keep"] = self.keep
         self.rollouts = RolloutController(self.store, self.hub, interval=0.05, **kw)
         runs = [self.manifests.run(), self.history.run(), self.rollouts.run()]
         if self.fleet is not None:

@@ -203,6 +203,9 @@ class AgentCore:
         self._stop.set()
 
     async def run(self) -> None:
+        bind = getattr(self.driver, "bind_site", None)
+        if callable(bind):  # e.g. the infra pipeline's state files and artifact downloads
+            bind(self.ident)
         await self.start_from_disk()
         api = self._client_factory(self.ident)
         try:
@@ -266,6 +269,13 @@ class AgentCore:
     # -- one round ----------------------------------------------------------------------------
 
     async def _round(self, api: SiteApi) -> SiteApi:
+        link = getattr(self.driver, "connected", None)
+        if callable(link) and not link():
+            # The driver models a lost link (the sim's connectivity_loss): nothing gets
+            # through; keep enforcing the manifest and look again shortly.
+            self.connected, self._dirty = False, True
+            await self._sleep(min(self.heartbeat, 1.0))
+            return api
         now = time.monotonic()
         self._check_expiry()
         if now >= self._next_renew_check:

@@ -61,15 +61,51 @@ def register(app: typer.Typer) -> None:
         offline_after: Annotated[
             float, typer.Option(help="Seconds without a report after which a site is marked Offline.")
         ] = 30.0,
+        artifact_store: Annotated[
+            str,
+            typer.Option(
+                help="Artifact blobs: <data-dir>/artifacts (default), file:PATH or "
+                "s3://BUCKET/PREFIX?endpoint=URL&region=NAME (prefix and query optional; docs/artifacts.md).",
+                envvar="FLEETPLANE_ARTIFACT_STORE",
+            ),
+        ] = "",
+        max_artifact_size: Annotated[
+            int, typer.Option(help="Largest artifact upload in bytes (streamed; not --max-body).")
+        ] = 64 * 1024**3,
+        alert_interval: Annotated[float, typer.Option(help="Seconds between alert rule evaluations.")] = 15.0,
+        external_url: Annotated[
+            str, typer.Option(help="URL of this server as alert receivers should link to it.")
+        ] = "",
+        metrics_retention: Annotated[
+            str, typer.Option(help="Metrics history: STEP:RETENTION per resolution (1m:3h,10m:24h,1h:7d).")
+        ] = "1m:3h,10m:24h,1h:7d",
+        metrics_flush: Annotated[
+            float, typer.Option(help="Seconds between batched writes of the metrics history.")
+        ] = 60.0,
+        event_ttl: Annotated[
+            float, typer.Option(help="Seconds a site event is kept after it last happened.")
+        ] = 3600.0,
+        events_per_site: Annotated[int, typer.Option(help="Most events kept per site.")] = 50,
     ) -> None:
         """Run the control plane server."""
+        from fleetplane.controllers.metrics_history import parse_retention
         from fleetplane.server.context import ServerSettings
         from fleetplane.server.run import run_server
 
         if not offline_after > 0:
             raise fail(f"--offline-after must be positive, got {offline_after}")
+        if not alert_interval > 0 or not metrics_flush > 0:
+            raise fail("--alert-interval and --metrics-flush must be positive")
+        if not event_ttl > 0 or events_per_site < 1:
+            raise fail("--event-ttl must be positive and --events-per-site at least 1")
+        try:
+            parse_retention(metrics_retention)
+        except ValueError as exc:
+            raise fail(f"--metrics-retention: {exc}") from exc
         if not 0 < port < 65536:
             raise fail(f"--port must be between 1 and 65535, got {port}")
+        if artifact_store and not artifact_store.startswith(("file:", "s3://")):
+            raise fail(f"--artifact-store must be file:PATH or s3://BUCKET[/PREFIX], got {artifact_store!r}")
         settings = ServerSettings(
             data_dir=data_dir.resolve(),
             store_url=store,
@@ -85,6 +121,14 @@ def register(app: typer.Typer) -> None:
             registration_ttl=registration_ttl,
             site_cert_lifetime=site_cert_lifetime,
             offline_after=offline_after,
+            artifact_store=artifact_store,
+            max_artifact_bytes=max_artifact_size,
+            alert_interval=alert_interval,
+            external_url=external_url,
+            metrics_retention=metrics_retention,
+            metrics_flush_interval=metrics_flush,
+            event_ttl=event_ttl,
+            events_per_site=events_per_site,
         )
         try:
             run_server(settings)

@@ -346,3 +346,21 @@ _kubeconfig_cmd.register(app)
 from fleetplane.cli import top_cmd as _top_cmd  # noqa: E402
 
 _top_cmd.register(app)
+from fleetplane.cli import alerts_cmd as _alerts_cmd  # noqa: E402  (after top: adds top virtualsites)
+
+_alerts_cmd.register(app)
+from fleetplane.cli import nodes_cmd as _nodes_cmd  # noqa: E402
+
+_nodes_cmd.register(app)
+from fleetplane.cli import workloads_cmd as _workloads_cmd  # noqa: E402
+
+_workloads_cmd.register(app)
+from fleetplane.cli import artifacts_cmd as _artifacts_cmd  # noqa: E402
+
+_artifacts_cmd.register(app)
+from fleetplane.cli import backup_cmd as _backup_cmd  # noqa: E402
+
+_backup_cmd.register(app)
+from fleetplane.cli import events_cmd as _events_cmd  # noqa: E402
+
+_events_cmd.register(app)

@@ -39,7 +39,7 @@ def age(timestamp: str | None, now: datetime | None = None) -> str:
 
 def cell(column: Column, obj: dict[str, Any]) -> str:
     value = value_at(obj, column.path)
-    if column.path == "metadata.creationTimestamp":
+    if column.path.endswith("Timestamp"):  # creationTimestamp, an Event's lastTimestamp
         return age(value)
     if value is None or value in ("", []):
         return "<none>"

@@ -177,6 +177,8 @@ def register(app: typer.Typer) -> None:
             err.print(
                 f"\nfleetplane demo: server {url}, admin key in {root / 'admin.key'} "
                 f"(the CLI reads it via {default_client_config()})\n"
+                f"  console: {url}/console/  (log in with the admin key; the browser must trust "
+                f"{ca_file}, or accept the warning)\n"
                 f"  {sites} simulated sites onboard now (data in {root / 'demo-sites'});\n"
                 "  in another terminal:\n"
                 f"  try: .venv/bin/fleetplane get sites -o wide -l region=eu-west\n",

@@ -288,6 +288,12 @@ class AsyncSiteClient:
         result: dict[str, Any] = await self.request("PUT", f"{SITE_API}/site/status", body={"status": status})
         return result
 
+    async def put_kubeconfig(self, namespace: str, kubeconfig: str) -> dict[str, Any]:
+        """Hand the application cluster's kubeconfig over; stored sealed as a Secret."""
+        body = {"namespace": namespace, "kubeconfig": kubeconfig}
+        result: dict[str, Any] = await self.request("PUT", f"{SITE_API}/site/kubeconfig", body=body)
+        return result
+
     async def renew(self, csr_pem: bytes) -> bytes:
         result = await self.request("POST", f"{SITE_API}/site/certificate", body={"csr": csr_pem.decode()})
         return str(result["certificate"]).encode()

@@ -21,7 +21,6 @@ something an operator should see changes; ``Health.valid_until`` says when the t
 
 from __future__ import annotations
 
-import datetime as dt
 import heapq
 import math
 from collections.abc import Iterable, Mapping
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fleetplane.controllers.liveness import seen_at
-from fleetplane.core.objects import Obj
+from fleetplane.core.objects import Obj, parse_timestamp
 
 Colour = Literal["green", "orange", "red"]
 COLOURS: tuple[Colour, ...] = ("green", "orange", "red")
@@ -71,16 +70,7 @@ class Health:
         }
 
 
-def _ts(value: object) -> float | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+_ts = parse_timestamp
 
 
 def _number(value: object) -> float | None:

@@ -9,9 +9,11 @@ virtual site's members are one selector evaluation, never a store scan. The read
 ``HealthController`` runs the view on every replica (so each can answer reads) and, where it
 leads (``enable_writes``), writes a site's ``status.health`` only when it differs from the
 stored one (``observedAt`` aside), at most once per ``min_interval`` per site, in one
-transaction per flush. A report that does not move the score writes nothing. Time alone moves
-a score (a late heartbeat, a certificate nearing expiry): each result says when it will
-change next, and a heap of those deadlines is all a tick looks at.
+transaction per flush. A report that does not move the score writes nothing; one that does
+carries its new score in its own write (``health_with``, called by the status writer), so the
+flush has nothing left to write for it. Time alone moves a score (a late heartbeat, a
+certificate nearing expiry): each result says when it will change next, and a heap of those
+deadlines is all a tick looks at.
 """
 
 from __future__ import annotations
@@ -241,6 +243,18 @@ class HealthController:
 
     async def run(self) -> None:
         await run_controller("health", self._sync_and_follow, self._flush_loop)
+
+    def health_with(self, tenant: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+        """The ``status.health`` to store with a status report the server is writing, so that
+        a report which moves the score needs no second write (and event) from the flush; None
+        where this replica does not write health. Safe from any thread (reads the view only)."""
+        if not self.writing or not self.synced.is_set():
+            return None
+        wanted = self.view.evaluate(tenant, name, status, self.clock()).to_status()
+        current = status.get("health")
+        if _stored_health(status) == wanted:
+            return current  # unchanged: keep its observedAt, as the flush would
+        return {**wanted, "observedAt": now_rfc3339()}
 
     def _track(self, key: SiteKey, entry: SiteEntry) -> None:
         if entry.health.valid_until is not None:

@@ -72,6 +72,11 @@ class ManifestState:
         # (no spec.virtualSites; placement comes from the namespace's VK8s and annotations),
         # so they are indexed beside them and handed to the "vk8s" contributor as bundles.
         self.fanout = FanoutIndex()
+        # Contributors that read non-intent objects (``infra``: inventories, artifacts) keep
+        # them in a context of their own, fed from the same watch (``context_kinds``).
+        self.contexts: dict[str, Any] = {
+            c.section: c.new_context() for c in sections.all() if hasattr(c, "new_context")
+        }
 
     def members(self, vs: VsKey) -> set[str] | frozenset[str]:
         virtual = self.membership.virtual.get(vs)
@@ -231,7 +236,7 @@ class ManifestState:
             if name in self.members(vs):
                 for kind, key in self._targeted[vs]:
                     by_kind.setdefault(kind, set()).add(key)
-        site: Obj = {"kind": SITE.kind, "metadata": {"name": name, "labels": labels}}
+        site: Obj = {"kind": SITE.kind, "metadata": {"name": name, "labels": labels, "tenant": tenant}}
         sections: dict[str, Any] = {}
         for contributor in self.sections.all():
             kind = contributor.kind
@@ -241,7 +246,7 @@ class ManifestState:
                 intents = [
                     obj for key in sorted(by_kind.get(kind, ())) if (obj := self._revision(kind, key, name))
                 ]
-            section = contributor.contribute(intents, site)
+            section = self.contexts.get(contributor.section, contributor).contribute(intents, site)
             if section is not None:
                 sections[contributor.section] = section
         return sections
@@ -286,6 +291,9 @@ class ManifestState:
             return self.set_rollout(ev.tenant, ev.object)
         if ev.kind == INTENT_REVISION.kind and ev.type is not EventType.DELETED:
             return self.set_revision(ev.tenant, ev.object)
+        for context in self.contexts.values():
+            if ev.kind in context.kinds:
+                return set(context.apply(ev))
         return set()
 
     @classmethod
@@ -341,6 +349,8 @@ class ManifestController:
         )
         if FANOUT_KIND in self.sections.kinds:  # the vK8s objects the "vk8s" contributor renders
             kinds += FANOUT_KINDS
+        for contributor in self.sections.all():
+            kinds += tuple(getattr(contributor, "context_kinds", ()))
         return kinds
 
     async def run(self) -> None:

@@ -15,7 +15,7 @@ it reports (100 with no items); unknown (``None``) while it has never reported.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +96,9 @@ class RolloutView:
     def __post_init__(self) -> None:
         # section -> intent kind, once: looked up for every manifest event
         self._section_kinds = {c.section: c.kind for c in self.sections.all()}
+        # The parsed status of each Rollout, by its resourceVersion: parsing 1,000 site
+        # records is most of what a step would otherwise cost.
+        self._states: dict[RolloutKey, tuple[str, RolloutState]] = {}
 
     # -- folding events in ----------------------------------------------------------------------
 
@@ -158,6 +161,7 @@ class RolloutView:
             rkey = (ev.tenant, ev.namespace, ev.name)
             if deleted:
                 self.rollouts.pop(rkey, None)
+                self._states.pop(rkey, None)
                 return set(), set()
             old_spec = (self.rollouts.get(rkey) or {}).get("spec")
             self.rollouts[rkey] = obj
@@ -227,47 +231,84 @@ class RolloutView:
         return out
 
     def state_of(self, key: RolloutKey) -> RolloutState:
+        """The Rollout's state (callers must not change it: ``step`` does not)."""
         ro = self.rollouts[key]
+        rv = str(ro["metadata"].get("resourceVersion") or "")
+        known = self._states.get(key)
+        if known is not None and known[0] == rv:
+            return known[1]
         status = ro.get("status") or {}
         if "revision" in status:
-            return RolloutState.from_dict(status)
+            state = RolloutState.from_dict(status)
+            self._states[key] = (rv, state)
+            return state
         ref = (ro.get("spec") or {}).get("intent") or {}
         prev = ref.get("previousGeneration")
         return initial_state(int(ref.get("generation") or 1), int(prev) if prev else None)
 
-    def observations(
-        self, intent: Intent, state: RolloutState, names: set[str]
-    ) -> dict[str, SiteObservation]:
+    def written(self, key: RolloutKey, obj: Obj, state: RolloutState) -> None:
+        """The controller wrote ``state`` as this Rollout's status (``obj`` as stored)."""
+        self.rollouts[key] = obj
+        self._states[key] = (str(obj["metadata"].get("resourceVersion") or ""), state)
+
+    def observations(self, intent: Intent, state: RolloutState, names: set[str]) -> Observations:
+        """What each targeted site (``names``, those this view knows) reports, built on
+        demand: a step looks at the sites in flight, not at every site of the fleet."""
+        tenant = intent[0]
+        known = {site for site in names if (tenant, site) in self.sites}
+        return Observations(known, lambda site: self._observe(intent, state, site))
+
+    def _observe(self, intent: Intent, state: RolloutState, site: str) -> SiteObservation:
         tenant, kind, ns, name = intent
         ident: Ident = (kind, f"{ns}/{name}")
         contributor = self.sections.get(kind)
         section, per_item = contributor.section, per_intent_items(contributor)
-        out: dict[str, SiteObservation] = {}
-        for site in names:
-            view = self.sites.get((tenant, site))
-            if view is None:
-                continue
-            report = view.report or {}
-            generation = report.get("generation")
-            known = self.manifests.get((tenant, site), {})
-            revision: int | None = UNKNOWN
-            if isinstance(generation, int) and generation in known:
-                actual = known[generation].get(ident)
-                # Anything but this rollout's revision counts as "back where it was".
-                revision = state.revision if actual == state.revision else state.previousRevision
-            items = [
-                i
-                for i in report.get("items") or []
-                if i.get("section") == section and (not per_item or i.get("name") == ident[1])
-            ]
-            failed = tuple(
-                f"{i['section']}/{i['name']}: {i.get('reason') or 'failed'}"
-                for i in items
-                if i.get("state") == "Failed"
-            )
-            busy = any(i.get("state") == "InProgress" for i in items)
-            applied = bool(report) and not busy and (bool(items) or report.get("state") != "Applying")
-            out[site] = SiteObservation(
-                labels=view.labels, revision=revision, applied=applied, failed=failed, health=view.health
-            )
-        return out
+        view = self.sites[(tenant, site)]
+        report = view.report or {}
+        generation = report.get("generation")
+        known = self.manifests.get((tenant, site), {})
+        revision: int | None = UNKNOWN
+        if isinstance(generation, int) and generation in known:
+            actual = known[generation].get(ident)
+            # Anything but this rollout's revision counts as "back where it was".
+            revision = state.revision if actual == state.revision else state.previousRevision
+        items = [
+            i
+            for i in report.get("items") or []
+            if i.get("section") == section and (not per_item or i.get("name") == ident[1])
+        ]
+        failed = tuple(
+            f"{i['section']}/{i['name']}: {i.get('reason') or 'failed'}"
+            for i in items
+            if i.get("state") == "Failed"
+        )
+        busy = any(i.get("state") == "InProgress" for i in items)
+        applied = bool(report) and not busy and (bool(items) or report.get("state") != "Applying")
+        return SiteObservation(
+            labels=view.labels, revision=revision, applied=applied, failed=failed, health=view.health
+        )
+
+
+class Observations(Mapping[str, SiteObservation]):
+    """Every targeted site's observation, each built on first use (and kept)."""
+
+    def __init__(self, names: set[str], build: Callable[[str], SiteObservation]) -> None:
+        self._names, self._build = names, build
+        self._built: dict[str, SiteObservation] = {}
+
+    def __getitem__(self, site: str) -> SiteObservation:
+        found = self._built.get(site)
+        if found is None:
+            if site not in self._names:
+                raise KeyError(site)
+            found = self._built[site] = self._build(site)
+        return found
+
+    def __contains__(self, site: object) -> bool:
+        return site in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)

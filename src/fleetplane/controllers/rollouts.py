@@ -32,7 +32,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fleetplane.controllers.loop import run_controller
-from fleetplane.controllers.rollout import Strategy, actions_from_spec, initial_state, next_wakeup, step
+from fleetplane.controllers.rollout import (
+    Strategy,
+    actions_from_spec,
+    holds_new,
+    initial_state,
+    next_wakeup,
+    step,
+)
 from fleetplane.controllers.rollout.state import STOPPED
 from fleetplane.controllers.rollout_view import INTENT_UID, Intent, RolloutKey, RolloutView
 from fleetplane.controllers.sections import SECTIONS, SectionRegistry
@@ -45,6 +52,9 @@ from fleetplane.kinds.rollout import rollout_name
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
+# Rollouts kept per intent; older ones go once no site's revision depends on them (the
+# revisions themselves stay in IntentRevision objects, controllers/history.py).
+KEEP = 10
 
 
 class RolloutController:
@@ -57,6 +67,7 @@ class RolloutController:
         clock: Callable[[], float] = time.time,
         interval: float = 0.5,
         min_pause: float = 0.05,
+        keep: int = KEEP,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -64,6 +75,7 @@ class RolloutController:
         self.clock = clock
         self.interval = interval  # the longest pause between two rounds
         self.min_pause = min(min_pause, interval)  # the shortest
+        self.keep = max(1, keep)  # Rollouts kept per intent (older ones are pruned)
         self.view = RolloutView(sections)
         self.synced = asyncio.Event()
         self.timers: dict[RolloutKey, float] = {}
@@ -71,6 +83,11 @@ class RolloutController:
         self._intents: set[Intent] = set()  # intents whose Rollouts to check
         self._retry: set[RolloutKey] = set()
         self._wake = asyncio.Event()
+        self._cpu = 0.0  # CPU seconds the current round spent stepping and writing
+        # Per Rollout, its sites in flight not heard from since its last step: when the last
+        # one reports, the next round starts without the pause (the wave may be done).
+        self._awaited: dict[RolloutKey, set[str]] = {}
+        self._urgent = asyncio.Event()
         # Status writes on their own thread: every wave waits on them, and the shared pool
         # is full of the sites' long-poll reads during a wave.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-writer")
@@ -113,12 +130,21 @@ class RolloutController:
         self._wake.set()
         async for ev in self.hub.watch(WatchFilter(tenant=ANY_TENANT, kinds=self.kinds), since=revision):
             tenants, intents = view.apply(ev)
+            if tenants and ev.kind == SITE.kind:
+                self._heard(ev.tenant, ev.name)
             if ev.kind == ROLLOUT.kind and (intent := self._intent_of_event(ev.tenant, ev.object)):
                 intents = {*intents, intent}
             if tenants or intents:
                 self._tenants |= tenants
                 self._intents |= intents
                 self._wake.set()
+
+    def _heard(self, tenant: str, site: str) -> None:
+        for key, waiting in self._awaited.items():
+            if key[0] == tenant and site in waiting:
+                waiting.discard(site)
+                if not waiting:
+                    self._urgent.set()
 
     def _intent_key(self, key: RolloutKey) -> Intent | None:
         return self._intent_of_event(key[0], self.view.rollouts[key])
@@ -142,17 +168,21 @@ class RolloutController:
             self._wake.clear()
             if not self.synced.is_set():
                 continue
-            started = time.perf_counter()
+            self._cpu = 0.0
+            self._urgent.clear()
             try:
                 await self.round()
             except Exception:
                 log.exception("rollout round failed")
-            # Coalesce news: pause as long as the round took (stepping uses at most half a
-            # core under a stream of reports), within [min_pause, interval]. Every wave waits
-            # for this reaction, so a longer pause (4x was tried) costs the rollout directly:
-            # ~0.26 s per wave at 1,000 sites.
-            spent = time.perf_counter() - started
-            await asyncio.sleep(min(self.interval, max(self.min_pause, spent)))
+            # Coalesce news: pause as long as the round's CPU (stepping uses at most half a
+            # core under a stream of reports), within [min_pause, interval]. CPU, not wall
+            # time: waiting for the status write's fsync or for the busy event loop costs no
+            # CPU, and pausing for it delayed every wave by a round's wall time again.
+            # The last site in flight reporting ends the pause: every wave waits for it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._urgent.wait(), min(self.interval, max(self.min_pause, self._cpu))
+                )
 
     async def round(self) -> None:
         """Check the intents that changed, then step every rollout that has news or is due."""
@@ -169,6 +199,8 @@ class RolloutController:
         tenants, self._tenants = self._tenants, set()
         for key in [k for k in self.timers if k not in self.view.rollouts]:
             del self.timers[key]
+        for key in [k for k in self._awaited if k not in self.view.rollouts]:
+            del self._awaited[key]
         due = {k for k, t in self.timers.items() if t <= now} | self._retry
         self._retry = set()
         for key in sorted(self.view.rollouts):
@@ -219,7 +251,24 @@ class RolloutController:
             phase = (ro.get("status") or {}).get("phase", "Pending")
             if phase not in STOPPED and not (ro.get("spec") or {}).get("abort"):
                 writes.append(functools.partial(self._supersede, key, ro, generation))
+        writes += [functools.partial(self._delete, key) for key in self._prunable(rollouts)]
         return writes
+
+    def _prunable(self, rollouts: dict[int, RolloutKey]) -> list[RolloutKey]:
+        """The intent's Rollouts beyond the newest ``keep`` that no site's revision depends on:
+        settled, and older than a Completed Rollout that handed its revision to every site it
+        lists. The compile walks revisions newest first and stops at that one for every site
+        (controllers/revisions.py), so it never reads those below."""
+        if len(rollouts) <= self.keep:
+            return []
+        newest = sorted(rollouts, reverse=True)
+        for generation in newest:
+            state = self.view.state_of(rollouts[generation])
+            if state.phase == "Completed" and all(holds_new(state, site) for site in state.sites):
+                return [
+                    rollouts[g] for g in newest[self.keep :] if g < generation and self._settled(rollouts[g])
+                ]
+        return []
 
     def _create(self, intent: Intent, current: Obj, generation: int, strategy: object) -> None:
         tenant, kind, ns, name = intent
@@ -274,7 +323,14 @@ class RolloutController:
 
     # -- stepping ------------------------------------------------------------------------------
 
+    def _write_status(self, tenant: str, body: Obj) -> tuple[Obj, float]:
+        """Write a Rollout's status (on the writer thread); the object and the CPU it took."""
+        started = time.thread_time()
+        written = self.store.update(tenant, body, part="status")
+        return written, time.thread_time() - started
+
     async def _step(self, key: RolloutKey) -> None:
+        started = time.thread_time()  # no await until the write: this thread's CPU is ours
         view = self.view
         ro = view.rollouts.get(key)
         found = view.intent_of(key) if ro is not None else None
@@ -295,12 +351,16 @@ class RolloutController:
         result = step(state, strategy, obs, self.clock(), actions_from_spec(spec, state))
         for why in result.rejected:
             log.info("rollout %s/%s: operator action refused: %s", key[1], key[2], why)
+        self._awaited[key] = {
+            n for n, r in result.state.sites.items() if r.state == "InProgress" and r.inTarget
+        }
         wake = next_wakeup(result.state, strategy)
         if wake is None:
             self.timers.pop(key, None)
         else:
             self.timers[key] = wake
         if not result.changed:
+            self._cpu += time.thread_time() - started
             return
         body = {
             "kind": ROLLOUT.kind,
@@ -311,10 +371,12 @@ class RolloutController:
             },
             "status": result.state.to_dict(),
         }
+        self._cpu += time.thread_time() - started
         try:
-            written = await asyncio.get_running_loop().run_in_executor(
-                self._writer, functools.partial(self.store.update, key[0], body, part="status")
+            written, cpu = await asyncio.get_running_loop().run_in_executor(
+                self._writer, self._write_status, key[0], body
             )
+            self._cpu += cpu
         except ApiError as exc:
             if exc.code == 409:  # changed meanwhile (an operator's patch): re-read, step again
                 fresh = await asyncio.to_thread(self.store.get_or_none, key[0], ROLLOUT.kind, key[1], key[2])
@@ -327,7 +389,7 @@ class RolloutController:
                 log.warning("could not write the status of rollout %s/%s: %s", key[1], key[2], exc.message)
                 self._retry.add(key)
             return
-        view.rollouts[key] = written
+        view.written(key, written, result.state)
         if result.hand_out or result.roll_back or result.state.phase != state.phase:
             log.info(
                 "rollout %s/%s %s: %d handed out, %d rolled back",

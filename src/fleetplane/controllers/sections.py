@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from fleetplane.controllers.infra_sections import InfraContributor
 from fleetplane.controllers.os_sections import OsContributor
 from fleetplane.controllers.policy_sections import NetworkPolicyContributor, ServicePolicyContributor
 from fleetplane.controllers.workload_sections import WorkloadContributor
@@ -123,6 +124,7 @@ SECTIONS = SectionRegistry(
         NetworkPolicyContributor(),
         ServicePolicyContributor(),
         OsContributor(),
+        InfraContributor(),
         # vK8s fan-out: not an intent kind; the compile feeds it through its FanoutIndex.
         WorkloadContributor(),
     )

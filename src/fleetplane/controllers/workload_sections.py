@@ -363,6 +363,18 @@ class _Namespace:
     placed: dict[str, set[VsKey]] = field(default_factory=dict)  # workload (store kind/name)
 
 
+_NOT_RENDERED = ("status", "metadata")
+_META_NOT_RENDERED = ("resourceVersion", "managedFields")
+
+
+def _rendered_part(obj: Obj) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What of a vK8s object can reach a site (everything but status and bookkeeping)."""
+    return (
+        {k: v for k, v in obj.items() if k not in _NOT_RENDERED},
+        {k: v for k, v in _meta(obj).items() if k not in _META_NOT_RENDERED},
+    )
+
+
 class FanoutIndex:
     """The vK8s objects by namespace, and where each workload is placed. Every change answers
     the virtual sites whose members must be recompiled: all those any workload of the namespace
@@ -400,7 +412,12 @@ class FanoutIndex:
         elif ev.type is EventType.DELETED:
             ns.objects.pop((ev.kind, ev.name), None)
         else:
+            old = ns.objects.get((ev.kind, ev.name))
             ns.objects[(ev.kind, ev.name)] = ev.object
+            if old is not None and _rendered_part(old) == _rendered_part(ev.object):
+                # A status write (the workload status controller's) changes no site: skip the
+                # recompile of every member, which each status write would otherwise cost.
+                return set()
         self._replace(key)
         after = self._union(key)
         for vs in before - after:

@@ -20,9 +20,12 @@ def _value_at(obj: Obj, path: str) -> str:
     return "" if node is None or isinstance(node, dict | list) else str(node)
 
 
-def parse_field_selector(text: str, allowed: set[str] | None = None) -> Callable[[Obj], bool] | None:
+def parse_field_selector(
+    text: str, allowed: set[str] | None = None, aliases: dict[str, str] | None = None
+) -> Callable[[Obj], bool] | None:
     """A predicate for ``text``; ``None`` when it selects everything. Only ``=``, ``==`` and
-    ``!=`` exist, as in Kubernetes; ``allowed`` limits the field paths when given."""
+    ``!=`` exist, as in Kubernetes; ``allowed`` limits the field paths when given; ``aliases``
+    maps a path as clients write it to where the kind stores it (``reason`` -> ``spec.reason``)."""
     terms: list[tuple[str, bool, str]] = []
     for raw in filter(None, (t.strip() for t in text.split(","))):
         op = next((o for o in ("!=", "==", "=") if o in raw), None)
@@ -37,7 +40,7 @@ def parse_field_selector(text: str, allowed: set[str] | None = None) -> Callable
             raise bad_request(
                 f"field label not supported: {path}", [Cause("fieldSelector", f"{path} is not supported")]
             )
-        terms.append((path, op != "!=", value.strip()))
+        terms.append(((aliases or {}).get(path, path), op != "!=", value.strip()))
     if not terms:
         return None
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from fleetplane.core.registry import Column, KindInfo, Scope
 from fleetplane.kinds.common import Condition, Schema
+from fleetplane.kinds.infra import SiteInfraStatus
 from fleetplane.kinds.os_upgrade import SiteOsStatus
 
 
@@ -169,6 +170,8 @@ class SiteStatus(Schema):
     pods: list[SitePod] | None = Field(default=None, max_length=10_000)
     # Server-owned (like identity): the health score, kept across site reports.
     health: SiteHealth | None = None
+    # Infrastructure: discovered nodes, the pipeline's phases, artifacts held, alarms.
+    infra: SiteInfraStatus | None = None
 
 
 SITE = KindInfo(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -16,17 +17,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import fleetplane
 from fleetplane.controllers.health_controller import HealthController
 from fleetplane.controllers.history import HistoryController
+from fleetplane.controllers.infra import InfraController
 from fleetplane.controllers.liveness import LivenessController
 from fleetplane.controllers.manifests import ManifestController
 from fleetplane.controllers.membership import MembershipController
 from fleetplane.controllers.policy_hits import PolicyHitsController
 from fleetplane.controllers.rollouts import RolloutController
+from fleetplane.controllers.site_events import SiteEventsController
+from fleetplane.controllers.workload_status import WorkloadStatusController
+from fleetplane.core.blobstore import BlobError
 from fleetplane.core.errors import ApiError, Cause
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import REGISTRY
+from fleetplane.server import artifacts as artifacts_api
+from fleetplane.server import backup as backup_api
+from fleetplane.server import console, infra_site_api, native, onboarding, plan, site_api, site_manifest_api
+from fleetplane.server import fleet_metrics as fleet_api
 from fleetplane.server import metrics as metrics_api
-from fleetplane.server import native, onboarding, plan, site_api, site_manifest_api
 from fleetplane.server import vk8s as vk8s_api
 from fleetplane.server.bootstrap import ensure_admin
 from fleetplane.server.context import ServerContext, ServerSettings
@@ -42,19 +50,21 @@ log = logging.getLogger("fleetplane.server")
 class BodyLimit:
     """Refuse request bodies over the limit with 413, declared or streamed."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, overrides: tuple[tuple[str, int], ...] = ()) -> None:
         self.app = app
         self.limit = limit
+        # (path regex, limit): streamed uploads (artifacts) have their own, larger limit.
+        self.overrides = tuple((re.compile(pattern), size) for pattern, size in overrides)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_big = ApiError(
-            413, "RequestEntityTooLarge", f"the request body is larger than {self.limit} bytes"
-        )
+        path = scope.get("path", "")
+        limit = next((size for rx, size in self.overrides if rx.match(path)), self.limit)
+        too_big = ApiError(413, "RequestEntityTooLarge", f"the request body is larger than {limit} bytes")
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await JsonResponse(too_big.to_status(), status_code=413)(scope, receive, send)
                 return
         seen = 0
@@ -63,7 +73,7 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > limit:
                 raise too_big
             return message
 
@@ -97,6 +107,7 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         ctx = ServerContext(settings, the_store, REGISTRY, hub)
         app.state.ctx = ctx
         envelope(ctx)  # fail at start, not at first use, when the KEK is unusable
+        artifacts_api.blobstore(ctx)  # likewise for the artifact store's settings
         ident = ctx.extras["identity"] = IdentityService(ctx, on_trust=TRUST.add)
         for bundle in await asyncio.to_thread(ident.trust_bundles):
             TRUST.add(bundle)
@@ -109,6 +120,10 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
             the_store, hub, offline_after=settings.offline_after, write=False
         )
         tasks.append(asyncio.create_task(health.run(), name="health"))
+        # Every replica follows the alerts (/metrics); the leader evaluates them (enable).
+        alerts = ctx.extras["alerts"] = fleet_api.alert_controller(ctx, health)
+        tasks.append(asyncio.create_task(alerts.run(), name="alerts"))
+        tasks.append(asyncio.create_task(console.run_view(ctx), name="console-view"))
         if settings.run_controllers:
             membership = MembershipController(the_store, hub)
             ctx.extras["membership"] = membership
@@ -118,10 +133,17 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
             )
             policy_hits = ctx.extras["policy_hits"] = PolicyHitsController(the_store, hub)
             history = ctx.extras["history"] = HistoryController(the_store, hub)
-            rollouts = ctx.extras["rollouts"] = RolloutController(the_store, hub)
+            rollouts = ctx.extras["rollouts"] = RolloutController(the_store, hub, keep=settings.rollouts_kept)
+            workload_status = ctx.extras["workload_status"] = WorkloadStatusController(the_store, hub)
+            infra = ctx.extras["infra"] = InfraController(the_store, hub)
+            metrics_history = ctx.extras["metrics_history"] = fleet_api.history_controller(ctx)
+            site_events = ctx.extras["site_events"] = SiteEventsController(
+                the_store, hub, ttl=settings.event_ttl, per_site=settings.events_per_site
+            )
 
             async def run_controllers() -> None:
                 health.enable_writes()
+                alerts.enable()
                 await asyncio.gather(
                     membership.run(),
                     manifests.run(),
@@ -129,6 +151,10 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
                     policy_hits.run(),
                     history.run(),
                     rollouts.run(),
+                    workload_status.run(),
+                    infra.run(),
+                    metrics_history.run(),
+                    site_events.run(),
                 )
 
             tasks.append(asyncio.create_task(_leader_loop(ctx, run_controllers), name="controllers"))
@@ -151,7 +177,12 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JsonResponse,
     )
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(site_api.SiteFastPath)  # innermost: inside the body limit and metrics
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        overrides=((artifacts_api.UPLOAD_PATH, settings.max_artifact_bytes),),
+    )
     app.add_middleware(metrics_api.RequestMetrics, registry=metrics_api.request_registry(app.state))
 
     @app.exception_handler(ApiError)
@@ -174,6 +205,13 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         )
         return JsonResponse(ApiError(exc.status_code, reason, msg).to_status(), status_code=exc.status_code)
 
+    @app.exception_handler(BlobError)
+    async def _blobs(_: Request, exc: BlobError) -> JsonResponse:
+        # The artifact store (a disk, an S3 bucket) failing is an outage, not a server bug.
+        log.warning("artifact store: %s", exc)
+        err = ApiError(503, "ServiceUnavailable", f"the artifact store is unavailable: {exc}")
+        return JsonResponse(err.to_status(), status_code=503)
+
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JsonResponse:
         log.exception("internal error")
@@ -194,12 +232,17 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         rev = await asyncio.to_thread(ctx.store.revision)
         return {"status": "ok", "revision": rev, "backend": ctx.store.backend}
 
+    app.include_router(console.router)  # the web console, and / redirects to it
     app.include_router(onboarding.router)
     app.include_router(site_api.router)
     app.include_router(site_manifest_api.router)
+    app.include_router(infra_site_api.router)  # a site's kubeconfig, sealed into a Secret
     app.include_router(plan.router)  # before native: /plan is not a plural
+    app.include_router(artifacts_api.router)  # before native: uploads, downloads, delete with the blob
+    app.include_router(backup_api.router)
     app.include_router(vk8s_api.router)  # before native: one VK8s per namespace on create
     app.include_router(metrics_api.router)  # before native: /virtualsites/{name}/health
+    app.include_router(fleet_api.router)  # before native: /virtualsites/{name}/distribution
     app.include_router(native.router)
     kind_schemas(app, REGISTRY)
     return app

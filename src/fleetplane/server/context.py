@@ -31,6 +31,21 @@ class ServerSettings:
     site_cert_lifetime: float = 30 * 86400.0
     # A site whose lastSeen is older than this is marked Offline (liveness controller).
     offline_after: float = 30.0
+    # Rollout objects kept per intent; older settled ones are pruned (controllers/rollouts.py).
+    rollouts_kept: int = 10
+    # Alerts (docs/alerts.md): seconds between evaluations; the URL receivers are given.
+    alert_interval: float = 15.0
+    external_url: str = ""
+    # Metrics history: STEP:RETENTION per resolution, and seconds between batched writes.
+    metrics_retention: str = "1m:3h,10m:24h,1h:7d"
+    metrics_flush_interval: float = 60.0
+    # Site events (docs/events.md): seconds an event is kept after it last happened; per-site cap.
+    event_ttl: float = 3600.0
+    events_per_site: int = 50
+    # Artifact repository: blob store URL ("" = <data-dir>/artifacts, file:PATH, s3://BUCKET/PREFIX)
+    # and the largest artifact upload, which has its own limit (max_body_bytes is for JSON).
+    artifact_store: str = ""
+    max_artifact_bytes: int = 64 * 1024**3
 
     def resolved_kek(self) -> str:
         return self.kek or f"file:{self.data_dir / 'kek.key'}"

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fleetplane.core.errors import ApiError, unauthorized
 from fleetplane.core.objects import Obj
@@ -223,6 +224,13 @@ class IdentityService:
                 422, "Invalid", f"the certificate signing request is refused: {exc.message}"
             ) from None
         cert = x509.load_pem_x509_certificate(pem)
+        # Issued by this authority just now, so it passes the full check by construction:
+        # the site's first mTLS call is then admitted from the cache (its window and the
+        # revocation list are still checked there) instead of verifying our own signature.
+        self._remember(
+            hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest(),
+            _Verified(tenant, site, cert.serial_number, authority, cert.not_valid_after_utc),
+        )
         return Issued(pem.decode(), cert.serial_number, _rfc3339(cert.not_valid_after_utc))
 
     # ----------------------------------------------------------------- revocation and CRL
@@ -320,11 +328,14 @@ class IdentityService:
             return seen
         digest = hashlib.sha256(der).digest()
         tenant, site, serial, authority, not_after = self._verify_fully(der)
+        self._remember(digest, _Verified(tenant, site, serial, authority, not_after))
+        return tenant, site, serial
+
+    def _remember(self, digest: bytes, verified: _Verified) -> None:
         with self._guard:  # callers run on worker threads
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.pop(next(iter(self._verified)))  # oldest first (insertion order)
-            self._verified[digest] = _Verified(tenant, site, serial, authority, not_after)
-        return tenant, site, serial
+            self._verified[digest] = verified
 
     def _verify_fully(self, der: bytes) -> tuple[str, str, int, TenantAuthority, dt.datetime]:
         try:

@@ -33,6 +33,7 @@ from fleetplane.core.errors import ApiError
 from fleetplane.kinds import SITE, VIRTUAL_SITE
 from fleetplane.server.auth import SHARED_NAMESPACE, Principal, authorize
 from fleetplane.server.context import ServerContext
+from fleetplane.server.fleet_metrics import alert_metrics
 from fleetplane.server.native import BASE, context, who
 from fleetplane.server.requests import JsonResponse
 
@@ -171,6 +172,7 @@ class FleetCollector(Collector):
             )
         yield from self._virtual_sites(view)
         yield from self._rollouts(view)
+        yield from alert_metrics(self.ctx, self.principal)
 
     def _virtual_sites(self, view: FleetHealth | None) -> Iterator[Metric]:
         labels = ["tenant", "namespace", "virtualsite"]

@@ -54,8 +54,10 @@ def label_selector(request: Request) -> Selector | None:
         raise bad_request(f"unable to parse requirement: {exc}", [Cause("labelSelector", str(exc))]) from exc
 
 
-def field_selector(request: Request, allowed: set[str] | None = None) -> FieldFilter | None:
-    return parse_field_selector(request.query_params.get("fieldSelector", ""), allowed)
+def field_selector(
+    request: Request, allowed: set[str] | None = None, aliases: dict[str, str] | None = None
+) -> FieldFilter | None:
+    return parse_field_selector(request.query_params.get("fieldSelector", ""), allowed, aliases)
 
 
 def int_param(request: Request, name: str, default: int, minimum: int = 0) -> int:

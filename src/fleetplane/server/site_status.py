@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fleetplane.controllers.health_controller import HealthController
 from fleetplane.core.errors import ApiError, forbidden, invalid, unauthorized
 from fleetplane.core.objects import Obj, now_rfc3339
 from fleetplane.core.registry import causes_from_pydantic
@@ -99,16 +100,18 @@ class StatusWriter:
 
     def _write(self, batch: list[_Report]) -> list[Obj | BaseException]:
         out: list[Obj | BaseException] = []
+        health = self.ctx.extras.get("health")
+        scorer = health if isinstance(health, HealthController) else None
         with self.ctx.store.batch() as tx:
             for report in batch:
                 try:
-                    out.append(_write_one(tx, report))
+                    out.append(_write_one(tx, report, scorer))
                 except ApiError as exc:  # refused for this site only; the others go on
                     out.append(exc)
         return out
 
 
-def _write_one(tx: StoreBatch, report: _Report) -> Obj:
+def _write_one(tx: StoreBatch, report: _Report, scorer: HealthController | None) -> Obj:
     site = tx.get_or_none(report.tenant, SITE.kind, "", report.site)
     if site is None:
         raise unauthorized(f'Unauthorized: site "{report.site}" no longer exists; its certificate is revoked')
@@ -126,6 +129,11 @@ def _write_one(tx: StoreBatch, report: _Report) -> Obj:
     status = {**report.status, "identity": identity} if identity else report.status
     if current.get("health"):  # server-owned: the health controller's, kept like identity
         status = {**status, "health": current["health"]}
+    # The score this report gives, in the same write: otherwise the health controller
+    # writes it a moment later (a second commit and event for every report that moves it).
+    health = scorer.health_with(report.tenant, report.site, status) if scorer is not None else None
+    if health is not None:
+        status = {**status, "health": health}
     return tx.update(report.tenant, {**site, "status": status}, part="status")
 
 

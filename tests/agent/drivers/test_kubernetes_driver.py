@@ -418,14 +418,29 @@ def test_the_fanout_form_applies_each_object_into_its_site_namespace(
         {"section": "workloads", "name": "acme-shop/Deployment/web", "state": "Applied"}
     ]
     writes = [(r["method"], r["path"]) for r in api.requests if r["method"] != "GET"]
+    policy = "/apis/networking.k8s.io/v1/namespaces/acme-shop/networkpolicies/fleetplane-namespace-isolation"
     assert writes == [
         ("PATCH", "/api/v1/namespaces/acme-shop"),
+        ("PATCH", policy),
         ("PATCH", "/apis/apps/v1/namespaces/acme-shop/deployments/web"),
     ]
     assert api.requests[0]["body"]["metadata"]["labels"] == {"fleetplane.io/managed": "true"}
-    # The section goes: the namespace's managed objects are deleted (the namespace stays).
+    # The namespace's isolated network: its pods admit ingress from the same namespace only.
+    isolation = api.requests[1]
+    assert isolation["content_type"] == "application/apply-patch+yaml"
+    assert isolation["body"]["kind"] == "NetworkPolicy"
+    assert isolation["body"]["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {}}]}],
+    }
+    # The section goes: the namespace's managed objects are deleted (the namespace and its
+    # isolation stay).
     api.requests.clear()
     api.lists["/apis/apps/v1/namespaces/acme-shop/deployments"] = [{"metadata": {"name": "web"}}]
+    api.lists["/apis/networking.k8s.io/v1/namespaces/acme-shop/networkpolicies"] = [
+        {"metadata": {"name": "fleetplane-namespace-isolation"}}
+    ]
     assert driver.apply_sync({"spec": {"sections": {}}}) == []
     writes = [(r["method"], r["path"]) for r in api.requests if r["method"] != "GET"]
     assert writes == [("DELETE", "/apis/apps/v1/namespaces/acme-shop/deployments/web")]

@@ -6,6 +6,7 @@ from fleetplane.agent.drivers.simmodel.profile import GI, MI
 from fleetplane.agent.drivers.simmodel.workloads import (
     CRASH_AFTER_S,
     OOM_AFTER_S,
+    PULL_FAIL_S,
     Workload,
     backoff,
     default_image_size,
@@ -122,6 +123,22 @@ def test_oom_killed_when_usage_exceeds_the_limit() -> None:
     assert ok.phase == "Running" and ok.restarts == 0
     item = site.workloads.item_status("hog")
     assert item.state == "Failed" and "OOMKilled" in (item.reason or "")
+
+
+def test_a_missing_image_backs_off_pulling_until_the_workload_changes() -> None:
+    site = make_site(nodes=1, image_sizes=SMALL)
+    site.set_workloads([Workload("web", "app:missing", 1, 100, MI)])
+    pod = site.workloads.pods["web-0"]
+    assert pod.phase == "ContainerCreating"
+    step(site, PULL_FAIL_S)
+    assert pod.phase == "ImagePullBackOff" and "manifest unknown" in (pod.reason or "")
+    item = site.workloads.item_status("web")
+    assert item.state == "Failed" and "ImagePullBackOff" in (item.reason or "")
+    step(site, backoff(1) + PULL_FAIL_S)  # the retry fails again, waits longer
+    assert pod.phase == "ImagePullBackOff" and pod.pull_failures == 2 and pod.restarts == 0
+    site.set_workloads([Workload("web", "app:1", 1, 100, MI)])  # a tag that exists
+    step(site, 1.0)
+    assert site.workloads.pods["web-0"].phase == "Running"
 
 
 def test_removing_a_workload_frees_its_room() -> None:

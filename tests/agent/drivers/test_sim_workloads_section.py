@@ -92,3 +92,45 @@ def test_removing_the_section_removes_the_pods() -> None:
     assert len(site.observation().pods or ()) == 2
     assert asyncio.run(driver.apply({"spec": {"sections": {}}})) == []
     assert site.observation().pods is None and not site.workloads.pods
+
+
+def in_namespace(obj: dict[str, Any], ns: str) -> dict[str, Any]:
+    meta = obj["metadata"]
+    source = f"{ns}/{meta['name']}"
+    notes = {**meta.get("annotations", {}), "fleetplane.io/vk8s-source": source}
+    return {**obj, "metadata": {**meta, "namespace": f"acme-{ns}", "annotations": notes}}
+
+
+def test_vk8s_namespaces_are_isolated_networks_reached_only_through_services() -> None:
+    site = make_site(nodes=2, image_sizes=SMALL)
+    driver = SimDriver(site)
+    shop, ops = (
+        in_namespace(deployment("web", replicas=2), "shop"),
+        in_namespace(deployment("mon", replicas=1), "ops"),
+    )
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "web",
+            "namespace": "acme-shop",
+            "annotations": {"fleetplane.io/vk8s-source": "shop/web"},
+        },
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]},
+    }
+    section = {"namespaces": ["acme-shop", "acme-ops"], "objects": [svc, shop, ops]}
+    asyncio.run(driver.apply({"spec": {"sections": {"workloads": section}}}))
+    step(site, 2.0)
+    network = site.workload_section.network
+    assert network is not None
+    site.observation()  # takes the running pods
+    web = next(p for p in network.pods if p.vk8s_namespace == "shop")
+    mon = next(p for p in network.pods if p.vk8s_namespace == "ops")
+    assert network.verdict(web, web) == ("same-namespace", True)
+    assert network.verdict(mon, web) == ("isolated", False)  # another namespace's pod, directly
+    assert network.verdict(mon, network.services[0]) == ("via-service", True)
+    # The generated connections meet the same network, and the site reports the verdicts.
+    step(site, 120.0)
+    hits = site.observation().policy_hits
+    assert hits["shop/vk8s-network/isolated"] + hits["ops/vk8s-network/isolated"] > 0
+    assert hits["shop/vk8s-network/via-service"] > 0 and hits["ops/vk8s-network/same-namespace"] > 0

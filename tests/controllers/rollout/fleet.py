@@ -122,7 +122,11 @@ def drive(
         current = run.state
         if round_trip:
             current = RolloutState.from_dict(json.loads(json.dumps(current.to_dict())))
+        given = current.to_dict()
         result = step(current, strategy, fleet.observe(run.now), run.now, acts)
+        # step is pure: the state it was given is untouched (its site records are shared)
+        assert current.to_dict() == given
+        assert result.changed == (result.state.to_dict() != given)
         fleet.apply(result, run.now)
         run.results.append(result)
         run.states.append(result.state)

@@ -123,6 +123,8 @@ class Observation:
     os: OsInfo | None = None
     # Pods of the vK8s ``workloads`` section (``Site.status.pods``); None: no such section.
     pods: tuple[dict[str, Any], ...] | None = None
+    # The infrastructure pipeline and nodes (``Site.status.infra``, agent/infra.py).
+    infra: dict[str, Any] | None = None
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -138,6 +140,8 @@ class Observation:
             out["os"] = self.os.to_status()
         if self.pods is not None:
             out["pods"] = [dict(p) for p in self.pods]
+        if self.infra is not None:
+            out["infra"] = self.infra
         return out
 
 

@@ -8,7 +8,9 @@ Sections:
     A list of Kubernetes objects (``Deployment``, ``Service``, ``ConfigMap``, ...),
     already rendered for the site; or the vK8s fan-out form ``{namespaces, objects}``,
     where each object goes into its own site-local namespace (server-side applied as a
-    ``Namespace`` first; items named ``<namespace>/<Kind>/<name>``). Each is server-side
+    ``Namespace`` first, with the ``NetworkPolicy`` ``fleetplane-namespace-isolation``
+    that admits ingress only from pods of the same namespace: the vK8s namespace's
+    isolated network; items named ``<namespace>/<Kind>/<name>``). Each is server-side
     applied (``PATCH`` with ``Content-Type: application/apply-patch+yaml``, ``fieldManager=fleetplane``,
     ``force=true``) into the site namespace, labelled ``fleetplane.io/managed=true``.
     Objects of the managed kinds that carry that label but left the section are
@@ -182,6 +184,24 @@ def render_namespace(name: str) -> ApplyRequest:
     }
     query = (("fieldManager", FIELD_MANAGER), ("force", "true"))
     return ApplyRequest("PATCH", f"/api/v1/namespaces/{name}", query, APPLY_CONTENT_TYPE, body)
+
+
+ISOLATION_POLICY = "fleetplane-namespace-isolation"
+
+
+def render_isolation(namespace: str) -> ApplyRequest:
+    """The site-local namespace's isolated network: every pod of it admits ingress from pods
+    of the same namespace only (a NetworkPolicy selecting all pods, one ``from`` peer that is
+    ``podSelector: {}`` — same namespace). Egress stays open (DNS, the services it calls)."""
+    body = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": ISOLATION_POLICY, "namespace": namespace, "labels": {MANAGED_LABEL: "true"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": {}}]}]},
+    }
+    path = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{ISOLATION_POLICY}"
+    query = (("fieldManager", FIELD_MANAGER), ("force", "true"))
+    return ApplyRequest("PATCH", path, query, APPLY_CONTENT_TYPE, body)
 
 
 def render_list(api_version: str, kind: str, namespace: str) -> ApplyRequest:
@@ -387,6 +407,7 @@ class KubernetesDriver:
             if ns != self.namespace and ns in by_ns:
                 try:
                     self.request(render_namespace(ns))
+                    self.request(render_isolation(ns))
                 except Exception as exc:
                     items.append(ItemStatus("workloads", f"Namespace/{ns}", "Failed", _reason(exc)))
                     continue
@@ -398,6 +419,8 @@ class KubernetesDriver:
         prefix = f"{namespace}/" if qualify else ""
         items: list[ItemStatus] = []
         wanted: list[ObjectRef] = []
+        if namespace != self.namespace:  # a vK8s namespace: its isolation outlives its objects
+            wanted.append(ObjectRef("networking.k8s.io/v1", "NetworkPolicy", ISOLATION_POLICY))
         for index, obj in enumerate(section):
             ref = _ref(obj)
             if isinstance(ref, str):

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetplane.agent.drivers.base import Allocatable, Clock, ItemStatus, Observation, RealClock
+from fleetplane.agent.drivers.simmodel.baremetal import SimBareMetal
 from fleetplane.agent.drivers.simmodel.engine import EventQueue, derived_random
 from fleetplane.agent.drivers.simmodel.faults import FAULTS, ActiveFault, Faults
 from fleetplane.agent.drivers.simmodel.nodes import Node, Reservation, generate_nodes, reserve
@@ -40,12 +41,16 @@ from fleetplane.agent.drivers.simmodel.workloads import (
     default_image_size,
     image_is_bad,
 )
+from fleetplane.agent.infra import InfraExecutor
 from fleetplane.core.selectors import Selector, parse_selector
+
+if TYPE_CHECKING:
+    from fleetplane.agent.onboard import SavedIdentity
 
 __all__ = ["FAULTS", "PROFILES", "SUPPORTED_SECTIONS", "SimDriver", "SimSite", "SiteProfile"]
 __all__ += ["clear_where", "inject_where", "select_sites"]
 
-SUPPORTED_SECTIONS = ("reservations", "networkPolicies", "servicePolicies", "os", "workloads")
+SUPPORTED_SECTIONS = ("reservations", "networkPolicies", "servicePolicies", "os", "workloads", "infra")
 
 
 class SimSite:
@@ -89,6 +94,9 @@ class SimSite:
         self.os_section = OsSection(self.os)  # the manifest's os section on the slots
         self.traffic = TrafficModel((seed, name), self.start, rate=p.traffic_per_s)
         self.services = ServiceTrafficModel((seed, name), self.start, rate=p.traffic_per_s)
+        # The rack and its provisioning pipeline (the ``infra`` section; agent/infra.py).
+        self.metal = SimBareMetal(seed, name, self.clock, self.faults, slow=self._slow)
+        self.infra = InfraExecutor(self.metal, now=self.clock.now)
 
     def __repr__(self) -> str:
         return f"SimSite({self.name!r}, nodes={len(self.nodes)}, labels={self.labels})"
@@ -179,14 +187,22 @@ class SimSite:
         return Observation(
             nodes=tuple(n.info() for n in self.nodes),
             usage=site_usage(
-                self.nodes, self.workloads, (self.seed, self.name), now - self.start, self.profile.noise
+                self.nodes,
+                self.workloads,
+                (self.seed, self.name),
+                now - self.start,
+                self.profile.noise,
+                self.faults.pressure(now),
             ),
             allocatable=self.allocatable(),
             os_version=self.os.version,
             os=self.os_section.info(),
-            policy_hits=merged_hits(self.traffic.hits, self.services.hits),
+            policy_hits=merged_hits(
+                self.traffic.hits, self.services.hits, self.workload_section.network_hits(now)
+            ),
             now=now + self.faults.skew(now),
             pods=self.workload_section.pods(),
+            infra=self.infra.report(),
         )
 
 
@@ -250,11 +266,25 @@ class SimDriver:
         items += self._apply_policies(sections)
         items += self.site.os_section.apply(sections.get("os"), self.site.advance())
         items += self.site.workload_section.apply(sections.get("workloads"), self.site.advance())
+        items += self.site.infra.apply(sections.get("infra"))
         for section in sorted(set(sections) - set(SUPPORTED_SECTIONS)):
             items.append(
                 ItemStatus(section, section, "Failed", f"the sim driver does not support section {section!r}")
             )
         return items
+
+    def bind_site(self, ident: SavedIdentity) -> None:
+        """The agent core hands over the site's identity: the infra pipeline keeps its state
+        in ``infra.json``, the rack in ``rack.json``, and downloads artifacts by hash into
+        ``artifacts/`` (``agent/infra_site.py``)."""
+        from fleetplane.agent.infra_site import SiteLink
+
+        infra = self.site.infra
+        if infra.state_file is None:
+            self.site.metal.persist_to(ident.data_dir / "rack.json")
+            infra.load(ident.data_dir / "infra.json")
+        link = SiteLink(ident)
+        infra.fetch, infra.publish = link.fetch, link.publish
 
     def _apply_reservations(self, section: Any) -> ItemStatus:
         parsed = _reservation(section)

@@ -11,12 +11,12 @@ from fleetplane.controllers.rollout.engine import (
     actions_from_spec,
     holds_new,
     initial_state,
-    next_wakeup,
     revision_for,
     step,
 )
 from fleetplane.controllers.rollout.state import PHASES, SITE_STATES, RolloutState
 from fleetplane.controllers.rollout.strategy import Strategy
+from fleetplane.controllers.rollout.timing import next_wakeup
 from fleetplane.kinds.rollout import Phase
 
 __all__ = [

@@ -26,6 +26,7 @@ from fleetplane.controllers.rollout.state import (
     empty_counts,
 )
 from fleetplane.controllers.rollout.strategy import Strategy
+from fleetplane.controllers.rollout.timing import eta_of
 from fleetplane.kinds.rollout import Phase
 
 Action = Literal["pause", "resume", "abort", "promote", "rollback"]
@@ -77,27 +78,6 @@ def revision_for(state: RolloutState, site: str) -> int | None:
     return state.revision if holds_new(state, site) else state.previousRevision
 
 
-def next_wakeup(state: RolloutState, strategy: Strategy) -> float | None:
-    """The earliest time at which ``step`` would act on the clock alone (an apply timeout, the
-    end of a health grace, a soak or an A/B window); None when only news can move it."""
-    times: list[float] = []
-    for rec in state.sites.values():
-        if not rec.inTarget:
-            continue
-        if rec.state == "InProgress" and rec.handedAt is not None:
-            times.append(rec.handedAt + strategy.apply_timeout_seconds)
-            if rec.appliedAt is not None:
-                times.append(rec.appliedAt + strategy.health_grace_seconds)
-        elif rec.state == "RollingBack" and rec.rollbackAt is not None:
-            times.append(rec.rollbackAt + strategy.apply_timeout_seconds)
-    if state.phase == "Soaking" and state.soakStartedAt is not None:
-        if strategy.canary is not None and not strategy.canary.manual:
-            times.append(state.soakStartedAt + strategy.canary.soak_seconds)
-        elif strategy.compare is not None:
-            times.append(state.soakStartedAt + strategy.compare.window_seconds)
-    return min(times) if times else None
-
-
 def actions_from_spec(spec: Mapping[str, Any], state: RolloutState) -> list[Action]:
     """The actions implied by the operator fields of ``Rollout.spec`` (``paused``,
     ``promote``, ``abort``, ``rollback``) that this state has not acted upon yet."""
@@ -124,14 +104,14 @@ def step(
 ) -> StepResult:
     """Advance the rollout once. ``observations`` holds every site targeted now (a site
     missing from it has left the target set); ``now`` is the clock in seconds."""
-    before = state.to_dict()
     run = _Step(state.clone(), strategy, observations, now)
     run.run(actions)
     s = run.s
-    after = s.to_dict()
-    changed = after != before
+    # Dataclass equality: the records a step did not touch are the caller's own objects,
+    # which dict comparison passes by identity.
+    changed = s != state
     if changed or s.etaAt is None:
-        eta = _eta(s, strategy, now)
+        eta = eta_of(s, strategy, now)
         if eta != s.etaAt:
             s.etaAt = eta
             changed = True
@@ -152,6 +132,16 @@ class _Step:
         self.hand_out: list[str] = []
         self.roll_back: list[str] = []
         self.rejected: list[str] = []
+        self._owned: set[str] = set()  # records already copied (or created) by this step
+
+    def _own(self, name: str) -> SiteRecord:
+        """The site's record, ready to change: copied on first change, since the records of
+        the clone are still the caller's (see ``RolloutState.clone``)."""
+        rec = self.s.sites[name]
+        if name not in self._owned:
+            rec = self.s.sites[name] = rec.copy()
+            self._owned.add(name)
+        return rec
 
     # -- the order of one step ----------------------------------------------------------------
 
@@ -197,6 +187,7 @@ class _Step:
         labels = {name: o.labels for name, o in self.obs.items()}
         s.waves = plan_waves(self.strategy, labels)
         s.sites = {name: SiteRecord(wave=w.index) for w in s.waves for name in w.sites}
+        self._owned = set(s.sites)
         s.startedAt = self.now
         s.currentWave = 0
         if self.strategy.compare is not None and s.waves and not s.waves[0].sites:
@@ -209,12 +200,13 @@ class _Step:
         s = self.s
         for name, rec in s.sites.items():
             if rec.inTarget and name not in self.obs:
-                rec.inTarget = False
+                self._own(name).inTarget = False
         known = s.sites
         joined = sorted(n for n in self.obs if n not in known or not known[n].inTarget)
         for name in joined:
             old = known.get(name)
             if old is not None:
+                old = self._own(name)
                 old.inTarget = True
                 wave = s.waves[old.wave]
                 if old.handedAt is not None:
@@ -234,15 +226,17 @@ class _Step:
             batch = self.strategy.batch(sum(1 for r in s.sites.values() if r.inTarget) + 1)
             index = place_joiner(s.waves, s.sites, s.currentWave, batch, name)
             s.sites[name] = SiteRecord(wave=index)
+            self._owned.add(name)
             return
         wave = late_wave(s.waves, self.now)
         wave.sites.append(name)
         s.sites[name] = SiteRecord(wave=wave.index)
+        self._owned.add(name)
         if s.phase == "Completed":
             self._hand(name)
 
     def _hand(self, name: str) -> None:
-        rec = self.s.sites[name]
+        rec = self._own(name)
         rec.state, rec.handedAt = "InProgress", self.now
         self.hand_out.append(name)
 
@@ -313,9 +307,10 @@ class _Step:
 
     def _observe(self) -> None:
         s, st, now = self.s, self.strategy, self.now
-        for name, rec in s.sites.items():
-            if not rec.inTarget or rec.state not in ("InProgress", "RollingBack"):
+        for name, shared in s.sites.items():
+            if not shared.inTarget or shared.state not in ("InProgress", "RollingBack"):
                 continue
+            rec = self._own(name)  # in flight: few, and likely to change
             o = self.obs[name]
             if rec.state == "RollingBack":
                 self._observe_rollback(rec, o)
@@ -374,7 +369,7 @@ class _Step:
                 continue
             if o.health < st.min_health:
                 why = f"health {o.health:g} fell below minHealth {st.min_health:g} while soaking"
-                self._finish(rec, "Failed", why)
+                self._finish(self._own(name), "Failed", why)
 
     def _failed(self) -> list[tuple[str, SiteRecord]]:
         return [(n, r) for n, r in self.s.sites.items() if r.inTarget and r.state == "Failed"]
@@ -497,7 +492,7 @@ class _Step:
             busy = sum(1 for n in wave.sites if s.sites[n].inTarget and s.sites[n].state == "RollingBack")
             room = self.strategy.parallel(len(todo) + busy) - busy
             for name in todo[: max(room, 0)]:
-                rec = s.sites[name]
+                rec = self._own(name)
                 rec.state, rec.rollbackAt = "RollingBack", self.now
                 self.roll_back.append(name)
             if todo or busy:
@@ -536,33 +531,3 @@ def _health(value: float | None) -> str:
 def _mean(values: Iterable[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
-
-
-def _eta(s: RolloutState, strategy: Strategy, now: float) -> float | None:
-    """When the rollout should complete, from the mean duration of the finished waves; None
-    while unknown (no wave finished yet, paused, waiting for a manual promotion) or stopped."""
-    if s.phase not in ("Progressing", "Soaking"):
-        return None
-    waves = [w for w in s.waves if w.role != "late"]
-    spans = [
-        w.finishedAt - w.startedAt for w in waves if w.startedAt is not None and w.finishedAt is not None
-    ]
-    if not spans:
-        return None
-    mean = sum(spans) / len(spans)
-    left = 0.0
-    for w in waves[s.currentWave :]:
-        if w.finishedAt is not None:
-            continue
-        left += max(0.0, mean - (now - w.startedAt)) if w.startedAt is not None else mean
-    if not s.promoted and waves and waves[0].role in ("canary", "groupA"):
-        if strategy.canary is not None and strategy.canary.manual and not s.promoteRequested:
-            return None
-        hold = 0.0
-        if strategy.canary is not None:
-            hold = strategy.canary.soak_seconds
-        elif strategy.compare is not None:
-            hold = strategy.compare.window_seconds
-        started = s.soakStartedAt if s.soakStartedAt is not None else now
-        left += max(0.0, hold - (now - started))
-    return now + left

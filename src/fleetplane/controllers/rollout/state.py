@@ -51,6 +51,19 @@ class SiteRecord:
     # False once the site left the target set; it no longer gates its wave.
     inTarget: bool = True
 
+    def copy(self) -> SiteRecord:
+        # Positional, not dataclasses.replace: a step copies the records it changes.
+        return SiteRecord(
+            self.wave,
+            self.state,
+            self.handedAt,
+            self.appliedAt,
+            self.finishedAt,
+            self.rollbackAt,
+            self.reason,
+            self.inTarget,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         # Defaults are left out: a status with 100,000 sites stays as small as it can.
         out: dict[str, Any] = {"wave": self.wave, "state": self.state}
@@ -218,14 +231,16 @@ class RolloutState:
         )
 
     def clone(self) -> RolloutState:
-        """A copy that ``step`` may change without touching the caller's state."""
+        """A copy that ``step`` may change without touching the caller's state. The site
+        records are shared, not copied: whoever changes one replaces it with its own copy
+        first (``SiteRecord.copy``), so a step costs what it changes, not the fleet size."""
         return dataclasses.replace(
             self,
             comparison=dataclasses.replace(self.comparison) if self.comparison else None,
             operator=dataclasses.replace(self.operator),
             counts=dict(self.counts),
             waves=[dataclasses.replace(w, sites=list(w.sites), counts=dict(w.counts)) for w in self.waves],
-            sites={name: dataclasses.replace(rec) for name, rec in self.sites.items()},
+            sites=dict(self.sites),
         )
 
 

@@ -11,12 +11,13 @@ import contextlib
 import hashlib
 import logging
 import threading
+from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, create_engine, text
+from sqlalchemy import create_engine, text
 
 from fleetplane.core.store.base import CommitListener
-from fleetplane.core.store.sql import SqlStore
+from fleetplane.core.store.sql import Db, SqlStore
 
 CHANNEL = "fleetplane_commits"
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class PostgresStore(SqlStore):
     backend = "postgres"
     # Lists and event reads see one snapshot.
     begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    named_params = False  # psycopg takes %(name)s
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -50,8 +52,11 @@ class PostgresStore(SqlStore):
             metadata.create_all(conn)
         super().__init__(engine)
 
-    def _announce(self, conn: Connection, revision: int) -> None:
-        conn.execute(text("SELECT pg_notify(:c, :r)"), {"c": CHANNEL, "r": str(revision)})
+    def _autocommit(self, driver_connection: Any) -> None:
+        driver_connection.autocommit = True
+
+    def _announce(self, db: Db, revision: int) -> None:
+        db.run("SELECT pg_notify(:c, :r)", {"c": CHANNEL, "r": str(revision)})
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         super().add_commit_listener(listener)

@@ -8,8 +8,10 @@ order and a watcher reading ``events`` by revision never skips a late commit.
 from __future__ import annotations
 
 import builtins
+import functools
+import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,14 +19,12 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Column,
-    Connection,
     Engine,
     Index,
     MetaData,
     String,
     Table,
     Text,
-    text,
 )
 
 from fleetplane.core.errors import already_exists, conflict, expired, not_found
@@ -76,21 +76,58 @@ Index("objects_rv", objects_table.c.rv)
 
 LIST_BATCH = 500
 
-# The statements of every write, built once (a text() construct parses its SQL each time).
-_LOAD = text("SELECT data FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n")
-_INSERT = text(
-    "INSERT INTO objects (tenant, kind, namespace, name, rv, data) VALUES (:t, :k, :ns, :n, :rv, :d)"
-)
-_UPDATE = text(
+# The statements of every write, in the named style; :class:`Db` adapts them per driver.
+_LOAD = "SELECT data FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
+_INSERT = "INSERT INTO objects (tenant, kind, namespace, name, rv, data) VALUES (:t, :k, :ns, :n, :rv, :d)"
+_UPDATE = (
     "UPDATE objects SET rv = :rv, data = :d WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
 )
-_DELETE = text("DELETE FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n")
-_EVENT = text(
+_DELETE = "DELETE FROM objects WHERE tenant = :t AND kind = :k AND namespace = :ns AND name = :n"
+_EVENT = (
     "INSERT INTO events (rev, type, tenant, kind, namespace, name, data, prev_labels) "
     "VALUES (:rv, :ty, :t, :k, :ns, :n, :d, :pl)"
 )
-_BUMP = text("UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value")
-_SET_REVISION = text("UPDATE meta SET value = :v WHERE key = 'revision'")
+_BUMP = "UPDATE meta SET value = value + 1 WHERE key = 'revision' RETURNING value"
+_SET_REVISION = "UPDATE meta SET value = :v WHERE key = 'revision'"
+_REVISION = "SELECT value FROM meta WHERE key = 'revision'"
+_COMPACTED = "SELECT value FROM meta WHERE key = 'compacted'"
+_EVENTS = (
+    "SELECT rev, type, tenant, kind, namespace, name, data, prev_labels FROM events "
+    "WHERE rev > :r ORDER BY rev LIMIT :lim"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _pyformat(sql: str) -> str:
+    """``:name`` parameters as ``%(name)s``, for drivers without the named style (psycopg)."""
+    return re.sub(r"(?<!:):([A-Za-z_]\w*)", r"%(\1)s", sql)
+
+
+class Db:
+    """One pooled driver connection inside an explicit transaction. The store's statements
+    run on the driver's cursor directly: SQLAlchemy's execution layer (compiled-cache
+    lookup, result metadata per call) cost about three times the statements themselves."""
+
+    __slots__ = ("_cur", "_named")
+
+    def __init__(self, cursor: Any, named: bool) -> None:
+        self._cur, self._named = cursor, named
+
+    def run(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._cur.execute(sql if self._named else _pyformat(sql), params or {})
+
+    def one(self, sql: str, params: Mapping[str, Any] | None = None) -> Any:
+        self.run(sql, params)
+        return self._cur.fetchone()
+
+    def all(self, sql: str, params: Mapping[str, Any] | None = None) -> builtins.list[Any]:
+        self.run(sql, params)
+        return list(self._cur.fetchall())
+
+    def value(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        row = self.one(sql, params)
+        assert row is not None
+        return int(row[0])
 
 
 def dumps(obj: Any) -> str:
@@ -98,15 +135,16 @@ def dumps(obj: Any) -> str:
 
 
 def _row_event(row: Any) -> Event:
+    rev, etype, tenant, kind, namespace, name, data, prev_labels = row
     return Event(
-        revision=int(row.rev),
-        type=EventType(row.type),
-        tenant=row.tenant,
-        kind=row.kind,
-        namespace=row.namespace,
-        name=row.name,
-        object=orjson.loads(row.data),
-        prev_labels=orjson.loads(row.prev_labels) if row.prev_labels else None,
+        revision=int(rev),
+        type=EventType(etype),
+        tenant=tenant,
+        kind=kind,
+        namespace=namespace,
+        name=name,
+        object=orjson.loads(data),
+        prev_labels=orjson.loads(prev_labels) if prev_labels else None,
     )
 
 
@@ -115,34 +153,45 @@ class SqlStore(Store):
 
     begin_read = "BEGIN"
     begin_write = "BEGIN"
+    named_params = True  # the driver takes ``:name`` parameters (sqlite3); else ``%(name)s``
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._listeners: list[CommitListener] = []
         self._local_write_lock = threading.Lock()
         metadata.create_all(engine)
-        with self._tx(write=True) as conn:
+        with self._tx(write=True) as db:
             for key in ("revision", "compacted"):
-                conn.execute(
-                    text("INSERT INTO meta (key, value) VALUES (:k, 0) ON CONFLICT (key) DO NOTHING"),
-                    {"k": key},
+                db.run(
+                    "INSERT INTO meta (key, value) VALUES (:k, 0) ON CONFLICT (key) DO NOTHING", {"k": key}
                 )
 
     # -- transactions -------------------------------------------------------------
 
+    def _autocommit(self, driver_connection: Any) -> None:
+        """Put a driver connection in autocommit mode: transactions are begun explicitly."""
+        driver_connection.isolation_level = None  # sqlite3's way; PostgresStore overrides
+
     @contextmanager
-    def _tx(self, *, write: bool) -> Iterator[Connection]:
-        """An explicit transaction on an autocommit connection, so that we choose
-        exactly how it begins (``BEGIN IMMEDIATE`` on SQLite, snapshot reads on PG)."""
-        with self.engine.connect() as raw:
-            conn = raw.execution_options(isolation_level="AUTOCOMMIT")
-            conn.exec_driver_sql(self.begin_write if write else self.begin_read)
+    def _tx(self, *, write: bool) -> Iterator[Db]:
+        """An explicit transaction on an autocommit connection from the pool, so that we
+        choose exactly how it begins (``BEGIN IMMEDIATE`` on SQLite, snapshot reads on PG)."""
+        pooled = self.engine.raw_connection()
+        try:
+            if not pooled.info.get("fp_autocommit"):
+                self._autocommit(pooled.driver_connection)
+                pooled.info["fp_autocommit"] = True
+            cursor = pooled.cursor()
+            cursor.execute(self.begin_write if write else self.begin_read)
             try:
-                yield conn
+                yield Db(cursor, self.named_params)
             except BaseException:
-                conn.exec_driver_sql("ROLLBACK")
+                cursor.execute("ROLLBACK")
                 raise
-            conn.exec_driver_sql("COMMIT")
+            cursor.execute("COMMIT")
+            cursor.close()
+        finally:
+            pooled.close()  # back to the pool
 
     @contextmanager
     def _write(self) -> Iterator[_WriteTx]:
@@ -155,13 +204,13 @@ class SqlStore(Store):
         revision it took is given back."""
         with self._local_write_lock:
             try:
-                with self._tx(write=True) as conn:
-                    tx = _WriteTx(conn)
+                with self._tx(write=True) as db:
+                    tx = _WriteTx(db)
                     yield tx
                     if not tx.used:
                         raise _Untouched
                     tx.finish()
-                    self._announce(conn, tx.used[-1])
+                    self._announce(db, tx.used[-1])
             except _Untouched:
                 return
         for listener in list(self._listeners):
@@ -172,44 +221,29 @@ class SqlStore(Store):
         with self._write() as tx:
             yield _SqlBatch(self, tx)
 
-    def _announce(self, conn: Connection, revision: int) -> None:
+    def _announce(self, db: Db, revision: int) -> None:
         """Hook for backends that tell other replicas about a commit (inside the transaction)."""
 
     # -- helpers ------------------------------------------------------------------
 
-    def _load(self, conn: Connection, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
-        row = conn.execute(
-            _LOAD,
-            {"t": tenant, "k": kind, "ns": namespace, "n": name},
-        ).first()
-        return orjson.loads(row.data) if row else None
+    def _load(self, db: Db, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
+        row = db.one(_LOAD, {"t": tenant, "k": kind, "ns": namespace, "n": name})
+        return orjson.loads(row[0]) if row else None
 
-    def _record(
-        self, conn: Connection, rev: int, etype: EventType, tenant: str, obj: Obj, prev: Obj | None
-    ) -> None:
+    def _record(self, db: Db, rev: int, etype: EventType, tenant: str, obj: Obj, prev: Obj | None) -> None:
         m = obj["metadata"]
         ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
         data = dumps(obj)
         params = {"t": tenant, "k": kind, "ns": ns, "n": name, "rv": rev, "d": data}
         if etype is EventType.ADDED:
-            conn.execute(
-                _INSERT,
-                params,
-            )
+            db.run(_INSERT, params)
         elif etype is EventType.MODIFIED:
-            conn.execute(
-                _UPDATE,
-                params,
-            )
+            db.run(_UPDATE, params)
         else:
-            conn.execute(
-                _DELETE,
-                params,
-            )
-        conn.execute(
-            _EVENT,
-            {**params, "ty": etype.value, "pl": dumps(labels_of(prev)) if prev is not None else None},
-        )
+            db.run(_DELETE, params)
+        params["ty"] = etype.value
+        params["pl"] = dumps(labels_of(prev)) if prev is not None else None
+        db.run(_EVENT, params)
 
     # -- the contract ---------------------------------------------------------------
 
@@ -220,7 +254,7 @@ class SqlStore(Store):
     def _create_in(self, tx: _WriteTx, tenant: str, obj: Obj) -> Obj:
         m = obj["metadata"]
         ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
-        if self._load(tx.conn, tenant, kind, ns, name) is not None:
+        if self._load(tx.db, tenant, kind, ns, name) is not None:
             raise already_exists(kind, name)
         rev = tx.next_rev()
         meta = {k: v for k, v in m.items() if k not in ("deletionTimestamp",)}
@@ -228,12 +262,12 @@ class SqlStore(Store):
         if not ns:
             meta.pop("namespace", None)
         new = {**obj, "metadata": meta}
-        self._record(tx.conn, rev, EventType.ADDED, tenant, new, None)
+        self._record(tx.db, rev, EventType.ADDED, tenant, new, None)
         return new
 
     def get(self, tenant: str, kind: str, namespace: str, name: str) -> Obj:
-        with self._tx(write=False) as conn:
-            obj = self._load(conn, tenant, kind, namespace, name)
+        with self._tx(write=False) as db:
+            obj = self._load(db, tenant, kind, namespace, name)
         if obj is None:
             raise not_found(kind, name)
         return obj
@@ -261,9 +295,9 @@ class SqlStore(Store):
             params["ns"] = namespace
         items: list[Obj] = []
         filtering = (selector is not None and not selector.empty) or field_filter is not None
-        with self._tx(write=False) as conn:
-            current = int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
-            if list_rev is not None and list_rev < self._compacted(conn):
+        with self._tx(write=False) as db:
+            current = db.value(_REVISION)
+            if list_rev is not None and list_rev < db.value(_COMPACTED):
                 raise expired(
                     "The provided continue parameter is too old to display a consistent list result."
                 )
@@ -273,15 +307,13 @@ class SqlStore(Store):
                     page_sql += " AND (namespace > :ans OR (namespace = :ans AND name > :an))"
                     params.update(ans=after[0], an=after[1])
                 batch = LIST_BATCH if (filtering or not limit) else limit + 1 - len(items)
-                rows = conn.execute(
-                    text(page_sql + " ORDER BY namespace, name LIMIT :lim"), {**params, "lim": batch}
-                ).all()
-                for row in rows:
+                rows = db.all(page_sql + " ORDER BY namespace, name LIMIT :lim", {**params, "lim": batch})
+                for row_ns, row_name, data in rows:
                     if limit and len(items) == limit:
                         token = encode_continue(list_rev or current, *after) if after else None
                         return ListResult(items, list_rev or current, token)
-                    after = (row.namespace, row.name)
-                    obj = orjson.loads(row.data)
+                    after = (row_ns, row_name)
+                    obj = orjson.loads(data)
                     if selector is not None and not selector.matches(labels_of(obj)):
                         continue
                     if field_filter is not None and not field_filter(obj):
@@ -292,14 +324,14 @@ class SqlStore(Store):
 
     def scan(self, kinds: tuple[str, ...]) -> tuple[int, builtins.list[tuple[str, Obj]]]:
         out: list[tuple[str, Obj]] = []
-        with self._tx(write=False) as conn:
-            current = int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
+        with self._tx(write=False) as db:
+            current = db.value(_REVISION)
             for kind in kinds:
-                rows = conn.execute(
-                    text("SELECT tenant, data FROM objects WHERE kind = :k ORDER BY tenant, namespace, name"),
+                rows = db.all(
+                    "SELECT tenant, data FROM objects WHERE kind = :k ORDER BY tenant, namespace, name",
                     {"k": kind},
                 )
-                out.extend((row.tenant, orjson.loads(row.data)) for row in rows)
+                out.extend((tenant, orjson.loads(data)) for tenant, data in rows)
         return current, out
 
     def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all") -> Obj:
@@ -309,7 +341,7 @@ class SqlStore(Store):
     def _update_in(self, tx: _WriteTx, tenant: str, obj: Obj, part: UpdatePart) -> Obj:
         m = obj["metadata"]
         ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
-        old = self._load(tx.conn, tenant, kind, ns, name)
+        old = self._load(tx.db, tenant, kind, ns, name)
         if old is None:
             raise not_found(kind, name)
         om = old["metadata"]
@@ -347,7 +379,7 @@ class SqlStore(Store):
         rev = tx.next_rev()
         meta["resourceVersion"] = str(rev)
         done = bool(meta.get("deletionTimestamp")) and not meta.get("finalizers")
-        self._record(tx.conn, rev, EventType.DELETED if done else EventType.MODIFIED, tenant, new, old)
+        self._record(tx.db, rev, EventType.DELETED if done else EventType.MODIFIED, tenant, new, old)
         return new
 
     def delete(
@@ -359,7 +391,7 @@ class SqlStore(Store):
     def _delete_in(
         self, tx: _WriteTx, tenant: str, kind: str, namespace: str, name: str, resource_version: str | None
     ) -> Obj:
-        old = self._load(tx.conn, tenant, kind, namespace, name)
+        old = self._load(tx.db, tenant, kind, namespace, name)
         if old is None:
             raise not_found(kind, name)
         if resource_version and resource_version != old["metadata"]["resourceVersion"]:
@@ -375,44 +407,35 @@ class SqlStore(Store):
             rev = tx.next_rev()
             meta.update(deletionTimestamp=now_rfc3339(), resourceVersion=str(rev))
             new = {**old, "metadata": meta}
-            self._record(tx.conn, rev, EventType.MODIFIED, tenant, new, old)
+            self._record(tx.db, rev, EventType.MODIFIED, tenant, new, old)
         else:
             rev = tx.next_rev()
             new = {**old, "metadata": {**meta, "resourceVersion": str(rev)}}
-            self._record(tx.conn, rev, EventType.DELETED, tenant, new, old)
+            self._record(tx.db, rev, EventType.DELETED, tenant, new, old)
         return new
 
     def revision(self) -> int:
-        with self._tx(write=False) as conn:
-            return int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
-
-    def _compacted(self, conn: Connection) -> int:
-        return int(conn.execute(text("SELECT value FROM meta WHERE key = 'compacted'")).scalar_one())
+        with self._tx(write=False) as db:
+            return db.value(_REVISION)
 
     def compacted_revision(self) -> int:
-        with self._tx(write=False) as conn:
-            return self._compacted(conn)
+        with self._tx(write=False) as db:
+            return db.value(_COMPACTED)
 
     def events_since(self, revision: int, limit: int = 1000) -> builtins.list[Event]:
-        with self._tx(write=False) as conn:
-            compacted = self._compacted(conn)
+        with self._tx(write=False) as db:
+            compacted = db.value(_COMPACTED)
             if revision < compacted:
                 raise expired(f"too old resource version: {revision} ({compacted})")
-            rows = conn.execute(
-                text(
-                    "SELECT rev, type, tenant, kind, namespace, name, data, prev_labels FROM events "
-                    "WHERE rev > :r ORDER BY rev LIMIT :lim"
-                ),
-                {"r": revision, "lim": limit},
-            ).all()
+            rows = db.all(_EVENTS, {"r": revision, "lim": limit})
         return [_row_event(r) for r in rows]
 
     def compact(self, keep: int) -> int:
-        with self._local_write_lock, self._tx(write=True) as conn:
-            current = int(conn.execute(text("SELECT value FROM meta WHERE key = 'revision'")).scalar_one())
-            target = max(self._compacted(conn), current - keep)
-            conn.execute(text("DELETE FROM events WHERE rev <= :c"), {"c": target})
-            conn.execute(text("UPDATE meta SET value = :c WHERE key = 'compacted'"), {"c": target})
+        with self._local_write_lock, self._tx(write=True) as db:
+            current = db.value(_REVISION)
+            target = max(db.value(_COMPACTED), current - keep)
+            db.run("DELETE FROM events WHERE rev <= :c", {"c": target})
+            db.run("UPDATE meta SET value = :c WHERE key = 'compacted'", {"c": target})
         return target
 
     def add_commit_listener(self, listener: CommitListener) -> None:
@@ -434,14 +457,14 @@ class _Untouched(Exception):
 class _WriteTx:
     """One open write transaction and the revisions its writes took."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+    def __init__(self, db: Db) -> None:
+        self.db = db
         self.used: list[int] = []
         # Bumping the revision now takes the write lock before anything is read. Later
         # writes of the same transaction count on from it in memory (the lock is held, so
         # nobody else can take one), and :meth:`finish` stores the last: one statement per
         # transaction instead of one per write, which is what makes a batch cheap.
-        self._base = int(self.conn.execute(_BUMP).scalar_one())
+        self._base = db.value(_BUMP)
         self._next = self._base
 
     def next_rev(self) -> int:
@@ -454,7 +477,7 @@ class _WriteTx:
     def finish(self) -> None:
         """Store the last revision taken (before commit)."""
         if self.used and self.used[-1] != self._base:
-            self.conn.execute(_SET_REVISION, {"v": self.used[-1]})
+            self.db.run(_SET_REVISION, {"v": self.used[-1]})
 
 
 class _SqlBatch(StoreBatch):
@@ -467,7 +490,7 @@ class _SqlBatch(StoreBatch):
         return self._store._create_in(self._tx, tenant, obj)
 
     def get_or_none(self, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
-        return self._store._load(self._tx.conn, tenant, kind, namespace, name)
+        return self._store._load(self._tx.db, tenant, kind, namespace, name)
 
     def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all") -> Obj:
         return self._store._update_in(self._tx, tenant, obj, part)

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib
 import logging
+import threading
 from typing import Any, Literal
 
 import orjson
@@ -115,8 +116,22 @@ def _patch_extensions(schemas: dict[str, Any]) -> None:
                 value["x-kubernetes-patch-strategy"] = "retainKeys"
 
 
-@functools.cache
+_SCHEMAS_LOCK = threading.Lock()
+_SCHEMAS: dict[str, Any] | None = None
+
+
 def _schemas() -> dict[str, Any]:
+    """Built once under a lock: pydantic completes the client's models lazily, and two
+    threads building them at once see half-built classes (``__pydantic_core_schema__``)."""
+    global _SCHEMAS
+    if _SCHEMAS is None:
+        with _SCHEMAS_LOCK:
+            if _SCHEMAS is None:
+                _SCHEMAS = _build_schemas()
+    return _SCHEMAS
+
+
+def _build_schemas() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
 
     try:

@@ -10,6 +10,7 @@ import copy
 import secrets
 from typing import Any
 
+import orjson
 from fastapi import Request
 
 from fleetplane.core.errors import ApiError, Cause, bad_request
@@ -24,8 +25,9 @@ from fleetplane.server.requests import (
     read_body,
     read_object,
 )
-from fleetplane.server.vk8s import fanout, managed, openapi, protobuf, tables
+from fleetplane.server.vk8s import managed, openapi, protobuf, tables
 from fleetplane.server.vk8s.common import VScope, plural_q, success, translate
+from fleetplane.server.vk8s.pod_view import PodView, pod_view
 from fleetplane.server.vk8s.strategic import strategic_merge
 from fleetplane.server.vk8s.validation import validate
 
@@ -201,26 +203,6 @@ def get_existing(s: VScope, r: K8sResource, namespace: str, name: str) -> Obj:
 # -- handlers -------------------------------------------------------------------------------
 
 
-def aggregated(s: VScope, r: K8sResource, namespace: str, items: list[Obj]) -> list[Obj]:
-    """Workloads with their status summed over their sites (``fanout``); others as they are."""
-    if not r.workload or not items:
-        return items
-    view = fanout.load_view(s.ctx, s.tenant, namespace, manifests=True)
-    return [fanout.with_status(view, o) for o in items]
-
-
-def list_pods(s: VScope, namespace: str, selector: Any, fields: Any) -> tuple[list[Obj], int]:
-    """The Pods sites report (read-only, not stored; no paging: one page holds them all)."""
-    view = fanout.load_view(s.ctx, s.tenant, namespace, manifests=False)
-    items = [
-        p
-        for p in fanout.pods(view)
-        if (selector is None or selector.matches(p["metadata"].get("labels") or {}))
-        and (fields is None or fields(p))
-    ]
-    return items, s.ctx.store.revision()
-
-
 def tabled(request: Request, r: K8sResource, items: list[Obj], meta: dict[str, Any]) -> JsonResponse:
     if tables.wants_table(request):
         include = request.query_params.get("includeObject", "PartialObjectMetadata")
@@ -232,9 +214,9 @@ def tabled(request: Request, r: K8sResource, items: list[Obj], meta: dict[str, A
 
 async def list_objects(s: VScope, r: K8sResource, request: Request, namespace: str) -> JsonResponse:
     selector, fields = label_selector(request), field_filter(request, r)
-    if r.kind == "Pod":
-        found, revision = await asyncio.to_thread(list_pods, s, namespace, selector, fields)
-        return tabled(request, r, found, {"resourceVersion": str(revision)})
+    view = await pod_view(s.ctx) if r.kind == "Pod" else None
+    if view is not None:  # Pods at fleet scale: from memory (server/vk8s/pod_view.py)
+        return await list_pods(s, r, request, namespace, view)
     try:
         result = await asyncio.to_thread(
             s.ctx.store.list,
@@ -254,22 +236,43 @@ async def list_objects(s: VScope, r: K8sResource, request: Request, namespace: s
     if result.continue_token:
         meta["continue"] = result.continue_token
     items = [s.to_k8s(r, o) for o in result.items]
-    items = await asyncio.to_thread(aggregated, s, r, namespace, items)
     return tabled(request, r, items, meta)
 
 
-def get_shown(s: VScope, r: K8sResource, namespace: str, name: str) -> Obj:
-    """One object as a GET shows it: a reported Pod, a workload with its aggregated status."""
-    if r.kind == "Pod":
-        found, _ = list_pods(s, namespace, None, lambda p: p["metadata"]["name"] == name)
-        if not found:
-            raise translate(ApiError(404, "NotFound", ""), r, name)
-        return found[0]
-    return aggregated(s, r, namespace, [get_existing(s, r, namespace, name)])[0]
+async def list_pods(
+    s: VScope, r: K8sResource, request: Request, namespace: str, view: PodView
+) -> JsonResponse:
+    selector, fields = label_selector(request), field_filter(request, r)
+    limit, token = int_param(request, "limit", 0), request.query_params.get("continue") or None
+    pods, revision = view.snapshot(s.tenant, namespace), view.revision
+    page = await asyncio.to_thread(view.page, pods, revision, namespace, selector, fields, limit, token)
+    meta = {"resourceVersion": str(page.revision)}
+    if page.token:
+        meta["continue"] = page.token
+    encoding = "json"
+    if tables.wants_table(request):
+        encoding = request.query_params.get("includeObject", "PartialObjectMetadata")
+        encoding = encoding if encoding in ("None", "Object") else "PartialObjectMetadata"
+
+    def kube(obj: Obj) -> Obj:
+        return s.to_k8s(r, obj)
+
+    def render() -> JsonResponse:  # off the event loop: each Pod is encoded once (cached)
+        done = [view.encoded(s.tenant, o, encoding, kube) for o in page.items]
+        if encoding != "json":
+            return JsonResponse(
+                tables.encoded_table(r.kind, [d for d in done if not isinstance(d, bytes)], meta)
+            )
+        items = [orjson.Fragment(d) for d in done if isinstance(d, bytes)]
+        return JsonResponse(
+            {"apiVersion": r.api_version, "kind": "PodList", "metadata": meta, "items": items}
+        )
+
+    return await asyncio.to_thread(render)
 
 
 async def get_object(s: VScope, r: K8sResource, request: Request, namespace: str, name: str) -> JsonResponse:
-    obj = await asyncio.to_thread(get_shown, s, r, namespace, name)
+    obj = await asyncio.to_thread(get_existing, s, r, namespace, name)
     if tables.wants_table(request):
         include = request.query_params.get("includeObject", "PartialObjectMetadata")
         return JsonResponse(tables.table(r.kind, [obj], include))

@@ -5,10 +5,11 @@ and every unsupported verb a 405, each with a ``Status`` body."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 
 from fleetplane.core.errors import ApiError
 from fleetplane.core.registry import API_VERSION
@@ -16,10 +17,11 @@ from fleetplane.kinds.vk8s import API_PREFIX, VK8S, k8s_resource
 from fleetplane.server import native
 from fleetplane.server.auth import authorize
 from fleetplane.server.requests import JsonResponse, bool_param
-from fleetplane.server.vk8s import discovery, openapi, resources, watch
+from fleetplane.server.vk8s import discovery, openapi, resources, watch, workload_view
 from fleetplane.server.vk8s.common import VScope, method_not_allowed, not_found, resolve
 
 router = APIRouter()
+router.include_router(workload_view.router)
 PREFIX = API_PREFIX + "/{vns}/{vname}"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 POD_STREAMS = ("log", "exec", "attach", "portforward")
@@ -128,6 +130,16 @@ async def _resource(s: VScope, request: Request, group: str, version: str, tail:
 
 @router.api_route(PREFIX + "/{rest:path}", methods=METHODS, include_in_schema=False)
 async def dispatch(request: Request) -> Any:
+    """Every vK8s request; a complete answer carries ``Server-Timing: app;dur=<ms>`` (from
+    routing to the rendered body: what ``bench/vk8s.py`` reports as server time)."""
+    start = time.perf_counter()
+    answer = await _dispatch(request)
+    if isinstance(answer, Response) and not isinstance(answer, StreamingResponse):
+        answer.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - start) * 1000:.1f}"
+    return answer
+
+
+async def _dispatch(request: Request) -> Any:
     s = await resolve(request)
     parts = [p for p in request.path_params["rest"].split("/") if p]
     if not parts:

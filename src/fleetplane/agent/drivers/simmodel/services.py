@@ -18,7 +18,15 @@ from fleetplane.agent.drivers.simmodel.traffic import PolicyAction
 from fleetplane.core.selectors import Selector, parse_selector
 
 __all__ = ["DEFAULT_CALLS", "Call", "Request", "ServicePolicy", "ServiceRule", "ServiceTrafficModel"]
-__all__ += ["WORKLOADS", "Workload", "WorkloadMatch"]
+__all__ += [
+    "NET_POLICY",
+    "WORKLOADS",
+    "NamespaceNetwork",
+    "NetPod",
+    "NetService",
+    "Workload",
+    "WorkloadMatch",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,3 +205,85 @@ class ServiceTrafficModel:
             key, action = policy.evaluate(request)
             self.hits[key] = self.hits.get(key, 0) + 1
             self.recent.append((request, key, action))
+
+
+# -- vK8s namespace networks -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NetPod:
+    """A running pod of a vK8s workload: its site-local namespace, vK8s namespace, labels."""
+
+    namespace: str
+    vk8s_namespace: str
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class NetService:
+    """A vK8s Service on the site: a selector over its namespace's pods (none: selects none)."""
+
+    namespace: str
+    vk8s_namespace: str
+    name: str
+    selector: tuple[tuple[str, str], ...] = ()
+
+    def selects(self, pod: NetPod) -> bool:
+        return (
+            bool(self.selector) and pod.namespace == self.namespace and set(self.selector) <= set(pod.labels)
+        )
+
+
+NET_POLICY = "vk8s-network"  # the pseudo policy the verdicts are counted under
+
+
+class NamespaceNetwork:
+    """Each vK8s site-local namespace is an isolated network (the reference's "namespace
+    network"): a pod reaches pods of its own namespace; another namespace's pods only through
+    a Service defined there that selects them (Services are site-local and open to every
+    namespace of the tenant on the site). A seeded generator draws ``rate`` connections per
+    simulated second between the running pods and Services and counts each verdict as a hit
+    of ``<vk8s namespace of the destination>/vk8s-network/<verdict>``: ``same-namespace``,
+    ``via-service`` (admitted), ``isolated`` (refused: another namespace's pod, directly),
+    ``no-endpoints`` (refused: a Service that selects no running pod)."""
+
+    def __init__(self, seed: object, start: float, *, rate: float = 1.0) -> None:
+        self.seed, self.start, self.rate = seed, start, rate
+        self.pods: tuple[NetPod, ...] = ()
+        self.services: tuple[NetService, ...] = ()
+        self.hits: dict[str, int] = {}
+        self._second = 0
+
+    def set_state(self, pods: Sequence[NetPod], services: Sequence[NetService], now: float) -> None:
+        self.advance(now)
+        self.pods, self.services = tuple(pods), tuple(services)
+
+    def verdict(self, source: NetPod, destination: NetPod | NetService) -> tuple[str, bool]:
+        """What the site's network does with one connection, and whether it is admitted."""
+        if isinstance(destination, NetService):
+            if any(destination.selects(p) for p in self.pods):
+                return "via-service", True
+            return "no-endpoints", False
+        if destination.namespace == source.namespace:
+            return "same-namespace", True
+        return "isolated", False
+
+    def advance(self, now: float) -> None:
+        if not self.pods:  # nothing to connect: skip the draws (scale runs hold thousands of sites)
+            self._second = max(self._second, math.floor(now - self.start))
+            return
+        targets: list[NetPod | NetService] = [*self.pods, *self.services]
+        while self.start + self._second + 1 <= now:
+            k = self._second
+            count = math.floor((k + 1) * self.rate) - math.floor(k * self.rate)
+            rng = derived_random(self.seed, "vk8s-network", k)
+            for _ in range(count):
+                source, destination = rng.choice(self.pods), rng.choice(targets)
+                verdict, _ = self.verdict(source, destination)
+                key = f"{destination.vk8s_namespace}/{NET_POLICY}/{verdict}"
+                self.hits[key] = self.hits.get(key, 0) + 1
+            self._second += 1
+
+    def hits_at(self, now: float) -> dict[str, int]:
+        self.advance(now)
+        return dict(self.hits)

@@ -1,11 +1,12 @@
 """Usage: per node, a platform baseline by role, plus what running pods use (their
 CPU request times utilisation, their working set), plus bounded noise that changes
 every ``NOISE_PERIOD_S`` seconds; disk holds the OS, cached images and, on storage
-nodes, data. A rebooting (not ready) node uses nothing."""
+nodes, data. A rebooting (not ready) node uses nothing. A pressure fault
+(``faults.Faults.pressure``) lifts each ready node's CPU or memory to at least its share."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from fleetplane.agent.drivers.base import Usage
 from fleetplane.agent.drivers.simmodel.engine import unit_noise
@@ -26,8 +27,14 @@ def _clamp(value: float, high: int) -> int:
 
 
 def site_usage(
-    nodes: Sequence[Node], pods: WorkloadModel, seed: object, elapsed: float, noise: float
+    nodes: Sequence[Node],
+    pods: WorkloadModel,
+    seed: object,
+    elapsed: float,
+    noise: float,
+    pressure: Mapping[str, float] | None = None,
 ) -> Usage:
+    floor = pressure or {}
     period = int(elapsed // NOISE_PERIOD_S)
     cpu = mem = disk = 0
     for node in nodes:
@@ -40,10 +47,10 @@ def site_usage(
             continue
         jitter_cpu = unit_noise(seed, node.name, "cpu", period) * noise * node.cpu_millis
         jitter_mem = unit_noise(seed, node.name, "mem", period) * noise / 2 * node.memory_bytes
-        cpu += _clamp(PLATFORM_CPU[node.role] * node.cpu_millis + pod_cpu + jitter_cpu, node.cpu_millis)
-        mem += _clamp(
-            PLATFORM_MEMORY[node.role] * node.memory_bytes + pod_mem + jitter_mem, node.memory_bytes
-        )
+        node_cpu = PLATFORM_CPU[node.role] * node.cpu_millis + pod_cpu + jitter_cpu
+        node_mem = PLATFORM_MEMORY[node.role] * node.memory_bytes + pod_mem + jitter_mem
+        cpu += _clamp(max(node_cpu, floor.get("cpu", 0.0) * node.cpu_millis), node.cpu_millis)
+        mem += _clamp(max(node_mem, floor.get("memory", 0.0) * node.memory_bytes), node.memory_bytes)
     cpu_cap = sum(n.cpu_millis for n in nodes)
     mem_cap = sum(n.memory_bytes for n in nodes)
     return Usage(

@@ -7,7 +7,9 @@ pulls, crash loops, OOMKilled): one model workload per object, its pod requests 
 the sums over its containers, its image the first bad one if any (the pod crash-loops then),
 else the first. ``replicas`` (Jobs: ``parallelism``, completion is not modelled: Job pods
 keep running). Services, ConfigMaps, Secrets and PVCs are accepted as they are (one
-``Applied`` item each); the sim has nothing to run for them.
+``Applied`` item each); Services also join the site's namespace networks
+(``services.NamespaceNetwork``: each site-local namespace isolated, other namespaces reach it
+only through its Services; ``network_hits`` counts the verdicts of the generated connections).
 
 ``pods()`` is what the site reports in ``Site.status.pods``: per pod its workload
 (``<namespace>/<Kind>/<name>``), the generation it runs, phase, reason, restarts, node,
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetplane.agent.drivers.base import ItemStatus
+from fleetplane.agent.drivers.simmodel.services import NamespaceNetwork, NetPod, NetService
 from fleetplane.agent.drivers.simmodel.workloads import Workload, WorkloadModel
 from fleetplane.core.quantity import QuantityError, cpu_millis, memory_bytes
 
@@ -132,6 +135,14 @@ def parse_workload(obj: Mapping[str, Any], is_bad: Any) -> tuple[Workload, Place
     return workload, placed
 
 
+def _net_service(obj: Mapping[str, Any]) -> NetService:
+    meta, spec = _dict(obj.get("metadata")), _dict(obj.get("spec"))
+    namespace = str(meta.get("namespace") or "")
+    source = str(_dict(meta.get("annotations")).get(SOURCE_ANNOTATION) or f"{namespace}/")
+    selector = tuple(sorted((str(k), str(v)) for k, v in _dict(spec.get("selector")).items()))
+    return NetService(namespace, source.partition("/")[0], str(meta.get("name") or ""), selector)
+
+
 class WorkloadSection:
     """The ``workloads`` section applied to one site's ``WorkloadModel``."""
 
@@ -142,13 +153,17 @@ class WorkloadSection:
         self.placed: dict[str, Placed] = {}  # model workload name -> what it came from
         self.created: dict[str, float] = {}  # model pod name -> when this section created it
         self.active = False  # a section was applied (its absence then removes the workloads)
+        self.network: NamespaceNetwork | None = None  # from the first section on
+        self.services: list[NetService] = []
 
     def apply(self, section: Any, now: float) -> list[ItemStatus]:
         if section is None:
             if self.active:
                 self.model.set_workloads([], now)
-                self.placed, self.active = {}, False
+                self.placed, self.active, self.services = {}, False, []
             return []
+        if self.network is None:
+            self.network = NamespaceNetwork(("vk8s-network", self.site), now)
         self.active = True
         objects = _dict(section).get("objects") if isinstance(section, dict) else None
         if not isinstance(objects, list):
@@ -158,6 +173,7 @@ class WorkloadSection:
         items: list[ItemStatus] = []
         workloads: list[Workload] = []
         placed: dict[str, Placed] = {}
+        services: list[NetService] = []
         for index, obj in enumerate(objects):
             if not isinstance(obj, dict):
                 items.append(ItemStatus(SECTION, f"#{index}", "Failed", "not an object"))
@@ -165,6 +181,8 @@ class WorkloadSection:
             meta = _dict(obj.get("metadata"))
             item = f"{meta.get('namespace')}/{obj.get('kind')}/{meta.get('name')}"
             if obj.get("kind") not in WORKLOAD_KINDS:
+                if obj.get("kind") == "Service":
+                    services.append(_net_service(obj))
                 items.append(ItemStatus(SECTION, item, "Applied"))
                 continue
             parsed = parse_workload(obj, self.is_bad)
@@ -174,12 +192,26 @@ class WorkloadSection:
             workloads.append(parsed[0])
             placed[parsed[0].name] = parsed[1]
         self.model.set_workloads(workloads, now)
-        self.placed = placed
+        self.placed, self.services = placed, services
         self.created = {n: self.created.get(n, now) for n in self.model.pods}
         for name in sorted(placed):
             status = self.model.item_status(name)
             items.append(dataclasses.replace(status, name=name))
         return items
+
+    def network_hits(self, now: float) -> dict[str, int]:
+        """The namespace networks' verdict counters (``services.NamespaceNetwork``), as policy
+        hits; the running pods are taken as they are now."""
+        if self.network is None:
+            return {}
+        running = []
+        for pod in self.model.pods.values():
+            placed = self.placed.get(pod.workload.name)
+            if placed is not None and pod.phase == "Running":
+                labels = tuple(sorted(placed.labels.items()))
+                running.append(NetPod(placed.namespace, placed.key.split("/", 1)[0], labels))
+        self.network.set_state(running if self.active else [], self.services, now)
+        return self.network.hits_at(now)
 
     def pod_name(self, placed: Placed, model_pod: str) -> str:
         index = model_pod.rsplit("-", 1)[1]

@@ -2,7 +2,9 @@
 onto ready nodes within their allocatable capacity; images pulled one at a time per
 node (as the kubelet does by default) at the site's link speed; images marked bad
 crash-loop, and pods whose memory use exceeds their limit are OOMKilled, both
-restarted with the kubelet's exponential back-off (10 s doubling, capped at 300 s)."""
+restarted with the kubelet's exponential back-off (10 s doubling, capped at 300 s). An image
+tagged ``:missing`` does not exist in its registry: its pull fails and is retried with the same
+back-off (``ImagePullBackOff``), until the workload changes."""
 
 from __future__ import annotations
 
@@ -16,14 +18,15 @@ from fleetplane.agent.drivers.simmodel.nodes import Node, fmt_bytes, fmt_cpu
 from fleetplane.agent.drivers.simmodel.profile import MI
 
 __all__ = ["BACKOFF_CAP_S", "BACKOFF_START_S", "CRASH_AFTER_S", "OOM_AFTER_S", "Pod", "PodPhase"]
-__all__ += ["Workload", "WorkloadModel", "backoff", "default_image_size", "image_is_bad"]
+__all__ += ["Workload", "WorkloadModel", "backoff", "default_image_size", "image_is_bad", "image_is_missing"]
 
-PodPhase = Literal["Pending", "ContainerCreating", "Running", "CrashLoopBackOff"]
+PodPhase = Literal["Pending", "ContainerCreating", "Running", "CrashLoopBackOff", "ImagePullBackOff"]
 
 BACKOFF_START_S = 10.0
 BACKOFF_CAP_S = 300.0
 CRASH_AFTER_S = 3.0  # a bad image runs this long before it exits with an error
 OOM_AFTER_S = 5.0  # memory use ramps to the working set over this long
+PULL_FAIL_S = 1.0  # a registry answers "manifest unknown" this fast
 
 
 def backoff(restarts: int) -> float:
@@ -35,6 +38,12 @@ def image_is_bad(image: str, bad: frozenset[str]) -> bool:
     """Marked bad by the profile, or tagged ``:bad``."""
     last = image.rsplit("/", 1)[-1]
     return image in bad or (":" in last and last.rsplit(":", 1)[1] == "bad")
+
+
+def image_is_missing(image: str) -> bool:
+    """Tagged ``:missing``: the registry does not have it."""
+    last = image.rsplit("/", 1)[-1]
+    return ":" in last and last.rsplit(":", 1)[1] == "missing"
 
 
 def default_image_size(image: str) -> int:
@@ -81,6 +90,7 @@ class Pod:
     reason: str | None = None
     restarts: int = 0
     last_termination: str | None = None
+    pull_failures: int = 0
     epoch: int = 0  # bumped on deletion: stale events see a different one
 
 
@@ -187,6 +197,12 @@ class WorkloadModel:
         assert node is not None
         images = self.images[node]
         image = pod.workload.image
+        if image_is_missing(image):
+            if pod.phase != "ImagePullBackOff":
+                pod.phase, pod.reason = "ContainerCreating", f"Pulling image {image!r}"
+            epoch = pod.epoch
+            self.queue.at(now + PULL_FAIL_S, lambda t: self._pull_failed(pod, epoch, t))
+            return
         if image in images.cached:
             self._start(pod, pod.epoch, now)
             return
@@ -200,6 +216,23 @@ class WorkloadModel:
         pod.phase, pod.reason = "ContainerCreating", f"Pulling image {image!r}"
         epoch = pod.epoch
         self.queue.at(done, lambda t: self._start(pod, epoch, t))
+
+    def _pull_failed(self, pod: Pod, epoch: int, now: float) -> None:
+        if not self._alive(pod, epoch):
+            return
+        pod.pull_failures += 1
+        wait = backoff(pod.pull_failures)
+        image = pod.workload.image
+        pod.phase = "ImagePullBackOff"
+        pod.reason = (
+            f'Back-off pulling image "{image}": ErrImagePull: failed to pull and unpack image "{image}": '
+            "manifest unknown"
+        )
+        self.queue.at(now + wait, lambda t: self._retry_pull(pod, epoch, t))
+
+    def _retry_pull(self, pod: Pod, epoch: int, now: float) -> None:
+        if self._alive(pod, epoch):
+            self._pull_then_start(pod, now)
 
     def _pulled(self, node: str, image: str, size: int) -> None:
         images = self.images[node]
@@ -245,7 +278,9 @@ class WorkloadModel:
         """The manifest item for one workload: Applied when every pod runs."""
         pods = [p for p in self.pods.values() if p.workload.name == name]
         for pod in pods:
-            if pod.phase == "CrashLoopBackOff" or (pod.phase == "Pending" and pod.reason):
+            if pod.phase in ("CrashLoopBackOff", "ImagePullBackOff") or (
+                pod.phase == "Pending" and pod.reason
+            ):
                 return ItemStatus("workloads", name, "Failed", f"{pod.name}: {pod.phase}: {pod.reason}")
         if all(p.phase == "Running" for p in pods):
             return ItemStatus("workloads", name, "Applied")
