@@ -12,7 +12,7 @@ from typing import Any
 from fleetplane.agent.drivers.base import RealClock
 from fleetplane.agent.drivers.simmodel.baremetal import SimBareMetal, Timings
 from fleetplane.agent.drivers.simmodel.faults import Faults
-from fleetplane.agent.infra import InfraExecutor
+from fleetplane.agent.infra import InfraExecutor, section_key
 
 SCALE = 10_000.0
 
@@ -227,6 +227,70 @@ def test_lock_unlock_add_and_remove_nodes() -> None:
         # Listed again: provisioned afresh.
         assert await settle(ex, added) == "Applied"
         assert states(ex)["node-04"] == "ready" and metal.installs.count("node-04") == 2
+        await ex.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_inventory_without_a_pipeline_runs_no_phase(tmp_path: Path) -> None:
+    """A SiteInventory that no InfraPipeline targets: the section has ``nodes`` and ``retry``
+    only. Its nodes are reported (and locked, unlocked, removed); no phase runs, nothing fails."""
+
+    async def scenario() -> None:
+        metal = Recorder()
+        ex = InfraExecutor(metal, fetch=Fetcher(), state_file=tmp_path / "infra.json")
+        inventory = {"nodes": [{"name": "node-01", "role": "controller"}], "retry": 0}
+        item = ex.apply(inventory)[0]
+        assert item.name == "inventory"
+        assert await settle(ex, inventory) == "Applied"
+        report = ex.report() or {}
+        assert "pipeline" not in report and report["alarms"] == []
+        assert metal.installs == [] and metal.cluster == {} and metal.work_s == 0
+        assert len(report["nodes"]) == 12 and set(states(ex).values()) == {"discovered"}
+        assert report["nodes"][0]["hardware"]["cpuCores"] > 0
+        # Day 2 without an OS: a bare host is locked at once (nothing to drain) and put back.
+        locked = {"nodes": [{"name": "node-01", "role": "controller", "locked": True}], "retry": 0}
+        assert await settle(ex, locked) == "Applied"
+        assert states(ex)["node-01"] == "locked" and "node-01" in metal.cordoned and metal.work_s == 0
+        assert [a["id"] for a in (ex.report() or {})["alarms"]] == ["node-locked-node-01"]
+        assert await settle(ex, inventory) == "Applied"
+        assert states(ex)["node-01"] == "discovered" and "node-01" not in metal.cordoned
+        assert await settle(ex, locked) == "Applied"
+        assert await settle(ex, {"nodes": [], "retry": 0}) == "Applied"
+        assert states(ex)["node-01"] == "removed" and "node-01" not in metal.cordoned
+        assert (ex.report() or {})["alarms"] == []
+        await ex.stop()
+        # A state file left by an agent that ran the phases for such a section (failing at the
+        # cluster) starts over as a nodes-only run: the failure and its alarm are gone.
+        ex2 = InfraExecutor(Recorder(), state_file=tmp_path / "infra.json")
+        ex2.st |= {"phase": "cluster", "state": "Failed", "reason": "old"}
+        ex2.st["key"] = section_key(inventory)
+        assert await settle(ex2, inventory) == "Applied"
+        assert "pipeline" not in (ex2.report() or {}) and (ex2.report() or {})["alarms"] == []
+        await ex2.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_cluster_phase_says_why_it_has_no_controller() -> None:
+    async def scenario() -> None:
+        # A pipeline with no OS image: the controller is listed but has no OS to run on.
+        ex = InfraExecutor(Recorder(), fetch=Fetcher())
+        no_os = section(nodes=3, osImage=None, artifacts=[PKG, APPS])
+        assert await settle(ex, no_os) == "Failed"
+        reason = str(ex.apply(no_os)[0].reason)
+        assert (
+            "phase cluster failed" in reason and "no controller node has an installed OS (node-01" in reason
+        )
+        alarms = {a["id"] for a in (ex.report() or {})["alarms"]}
+        assert "pipeline-failed" in alarms
+        await ex.stop()
+        # An inventory with workers only.
+        ex = InfraExecutor(Recorder(), fetch=Fetcher())
+        workers = section(nodes=2)
+        workers["nodes"][0]["role"] = "worker"
+        assert await settle(ex, workers) == "Failed"
+        assert "the inventory lists none" in str(ex.apply(workers)[0].reason)
         await ex.stop()
 
     asyncio.run(scenario())

@@ -63,6 +63,23 @@ def test_inventory_status_names_the_differences() -> None:
     assert inventory_status(inv, None)["missing"] == []  # nothing reported yet: nothing known missing
 
 
+def test_a_site_with_an_inventory_and_no_pipeline_is_no_failed_pipeline() -> None:
+    """A SiteInventory that no InfraPipeline targets: the site reports its nodes and no
+    pipeline; nothing counts it as a pipeline site, let alone a failed one."""
+    from fleetplane.cli.nodes_cmd import inventory_line, inventory_only, pipeline_row
+
+    inv = inventory("s1", ("node-01", "controller"))
+    rep = {"nodes": [node("node-01", "discovered", None), node("node-02", "discovered", None)], "alarms": []}
+    status = inventory_status(inv, rep)
+    assert "phase" not in status and status["missing"] == [] and status["ready"] == 0
+    assert {c["type"] for c in status["conditions"]} == {"Reported", "InventoryMatches"}
+    line = inventory_line({**inv, "status": status})
+    assert "no pipeline" in line and "Failed" not in line
+    site = {"metadata": {"name": "s1"}, "status": {"infra": rep}}
+    assert pipeline_row(site) is None and inventory_only(site)
+    assert not inventory_only({"metadata": {"name": "s2"}, "status": {}})
+
+
 async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while True:

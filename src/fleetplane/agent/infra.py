@@ -5,7 +5,10 @@ An explicit, persisted state machine (``<data-dir>/infra.json``). Its phases run
 each step returning the next phase (``PHASES``: upload what the site lacks -> OS install on
 nodes -> binary packages -> application cluster -> container packages); before them the
 nodes are reconciled with the inventory (locked nodes drained, unlocked ones put back,
-nodes no longer listed drained and released). Per-node work runs in parallel, at most
+nodes no longer listed drained and released). A section without a pipeline (no ``source``:
+a ``SiteInventory`` that no ``InfraPipeline`` targets) runs no phase at all: its nodes are
+discovered, reconciled (lock, unlock, removal) and reported, and the report carries no
+``pipeline``. Per-node work runs in parallel, at most
 ``workers`` nodes at once. Every step skips what is already done (a node already on the
 image, packages already installed), so after an agent restart, a new revision or a retry
 the machine resumes where it stands. A failed step stops the run at its phase with the
@@ -40,6 +43,7 @@ log = logging.getLogger("fleetplane.agent.infra")
 SECTION = "infra"
 PHASES = ("upload", "os", "packages", "cluster", "containers")
 DONE = "done"
+NODES_ONLY = "nodes"  # the phase of a section without a pipeline: reconcile the nodes only
 DOWNLOADS = 3  # artifacts downloaded at once
 Fetch = Callable[[str, int, str], Awaitable[Path]]  # sha256, size, name -> verified file
 Publish = Callable[[str, str], Awaitable[Any]]  # namespace, kubeconfig -> stored as a sealed Secret
@@ -144,8 +148,10 @@ class InfraExecutor:
         section = self.desired or {}
         name = str(section.get("source") or "inventory")
         st = self.st
-        if st["key"] != section_key(section) or (
-            st["state"] == "Failed" and int(section.get("retry") or 0) > st["retry"]
+        if (
+            st["key"] != section_key(section)
+            or (st["state"] == "Failed" and int(section.get("retry") or 0) > st["retry"])
+            or (not section.get("source") and st["phase"] != NODES_ONLY)
         ):
             return ItemStatus(SECTION, name, "InProgress", "starting")
         if st["state"] == "Succeeded":
@@ -186,10 +192,15 @@ class InfraExecutor:
 
     async def _step_machine(self, section: dict[str, Any]) -> None:
         key, retry = section_key(section), int(section.get("retry") or 0)
+        nodes_only = not section.get("source")
         st = self.st
-        if st["key"] != key:
+        # (A nodes-only section whose run is at a pipeline phase: state left by an agent that
+        # ran the phases for it; it starts over as what it is.)
+        if st["key"] != key or (nodes_only and st["phase"] != NODES_ONLY):
             kept = {k: st[k] for k in ("nodes", "artifacts", "cluster", "containers", "alarms")}
             self.st = st = {**_fresh(key, retry), **kept}
+            if nodes_only:
+                st["phase"] = NODES_ONLY
             self._save()
         elif st["state"] == "Failed" and retry > st["retry"]:
             log.info("infra: retrying from phase %s", st["phase"])
@@ -199,6 +210,15 @@ class InfraExecutor:
             return
         if not self.hosts:
             self.hosts = {h.name: h for h in await self.metal.discover()}
+        if nodes_only:
+            try:
+                await self._reconcile_nodes(section)
+            except StepFailed as exc:
+                self._fail(exc.reason)
+                return
+            st |= {"state": "Succeeded", "reason": None}
+            self._save()
+            return
         if blocked := section.get("blocked"):
             st["reason"] = f"waiting: {blocked}"  # a new section (the artifact Ready) moves on
             self._save()
@@ -275,8 +295,10 @@ class InfraExecutor:
 
     async def _reconcile_nodes(self, section: dict[str, Any]) -> None:
         intended = self._intended(section)
-        for name, node in sorted(self.st["nodes"].items()):
-            spec = intended.get(name)
+        # A node is known once a phase touched it; a locked one is, whether or not one has.
+        locked = {n for n, spec in intended.items() if spec.get("locked") and n in self.hosts}
+        for name in sorted(set(self.st["nodes"]) | locked):
+            node, spec = self._node(name), intended.get(name)
             untouched = node.get("state") == "discovered" and not node.get("osImage")
             if spec is None and untouched:
                 continue  # never provisioned: nothing to drain or wipe
@@ -377,6 +399,8 @@ class InfraExecutor:
         if not section.get("cluster", True):
             return "containers", True
         members = {n: r for n, r in self._workable(section).items() if self._node(n).get("osImage")}
+        if "controller" not in members.values():
+            raise StepFailed(self._no_controller(section))
         known = self.st["cluster"] or {}
         if known.get("members") == members and (self.cluster is not None or known.get("endpoint")):
             skipped = True
@@ -398,6 +422,18 @@ class InfraExecutor:
         for name in members:
             self._node(name).update(state="ready", reason=None)
         return "containers", skipped
+
+    def _no_controller(self, section: dict[str, Any]) -> str:
+        """Why the application cluster has no controller to start from, precisely."""
+        listed = sorted(n for n, s in self._intended(section).items() if s.get("role") == "controller")
+        if not listed:
+            return "the application cluster needs a controller node: the inventory lists none"
+        workable = self._workable(section)
+        usable = [n for n in listed if workable.get(n) == "controller"]
+        if not usable:
+            return f"no controller node is in service (locked or not on site: {', '.join(listed)})"
+        why = "" if section.get("osImage") else "; the pipeline names no osImage"
+        return f"no controller node has an installed OS ({', '.join(usable)}{why})"
 
     async def _phase_containers(self, section: dict[str, Any]) -> tuple[str, bool]:
         entries = [e for e in section.get("containerPackages") or [] if isinstance(e, dict)]
@@ -440,7 +476,9 @@ class InfraExecutor:
             "nodes": nodes,
             "artifacts": list(st["artifacts"]),
             "alarms": self._alarms(intended),
-            "pipeline": {
+        }
+        if (self.desired or {}).get("source"):  # a site with an inventory only has no pipeline
+            report["pipeline"] = {
                 "source": (self.desired or {}).get("source"),
                 "revision": _revision(self.desired or {}),
                 "retry": st["retry"],
@@ -448,8 +486,7 @@ class InfraExecutor:
                 "state": st["state"],
                 "reason": st["reason"],
                 "phases": phases,
-            },
-        }
+            }
         if st["cluster"]:
             report["cluster"] = {
                 "endpoint": st["cluster"].get("endpoint"),
@@ -469,7 +506,10 @@ class InfraExecutor:
         if self.hosts:
             for name in sorted(set(intended) - set(self.hosts)):
                 found.append((f"node-missing-{name}", "minor", name, "listed in the inventory, not on site"))
-        if self.st["state"] == "Failed":
+        if self.st["state"] == "Failed" and self.st["phase"] == NODES_ONLY:
+            # No pipeline: draining, putting back or releasing a node failed.
+            found.append(("nodes-failed", "major", NODES_ONLY, str(self.st["reason"])))
+        elif self.st["state"] == "Failed":
             found.append(("pipeline-failed", "critical", str(self.st["phase"]), str(self.st["reason"])))
         raised = self.st["alarms"]
         now = _rfc3339(self.now())

@@ -86,6 +86,9 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="Seconds a site event is kept after it last happened.")
         ] = 3600.0,
         events_per_site: Annotated[int, typer.Option(help="Most events kept per site.")] = 50,
+        rollouts_kept: Annotated[
+            int, typer.Option(help="Rollouts kept per intent (older finished ones are deleted).")
+        ] = 10,
     ) -> None:
         """Run the control plane server."""
         from fleetplane.controllers.metrics_history import parse_retention
@@ -98,6 +101,8 @@ def register(app: typer.Typer) -> None:
             raise fail("--alert-interval and --metrics-flush must be positive")
         if not event_ttl > 0 or events_per_site < 1:
             raise fail("--event-ttl must be positive and --events-per-site at least 1")
+        if rollouts_kept < 1:
+            raise fail(f"--rollouts-kept must be at least 1, got {rollouts_kept}")
         try:
             parse_retention(metrics_retention)
         except ValueError as exc:
@@ -129,6 +134,7 @@ def register(app: typer.Typer) -> None:
             metrics_flush_interval=metrics_flush,
             event_ttl=event_ttl,
             events_per_site=events_per_site,
+            rollouts_kept=rollouts_kept,
         )
         try:
             run_server(settings)

@@ -81,6 +81,8 @@ def inventory_line(inventory: dict[str, Any] | None) -> str:
         parts.append(f"role mismatch: {', '.join(mismatch)}")
     if s.get("phase"):
         parts.append(f"pipeline: {s['phase']}")
+    elif any(c.get("type") == "Reported" and c.get("status") == "True" for c in s.get("conditions") or []):
+        parts.append("no pipeline (no InfraPipeline targets this site)")
     return "; ".join(parts)
 
 
@@ -98,6 +100,12 @@ def pipeline_row(site: dict[str, Any]) -> dict[str, Any] | None:
     for phase in pipeline.get("phases") or []:
         row[phase["name"]] = phase.get("state")
     return row
+
+
+def inventory_only(site: dict[str, Any]) -> bool:
+    """A site that reports its nodes (it has a ``SiteInventory``) and runs no pipeline."""
+    infra = (site.get("status") or {}).get("infra")
+    return isinstance(infra, dict) and not infra.get("pipeline")
 
 
 def register(app: typer.Typer) -> None:
@@ -184,8 +192,10 @@ def register(app: typer.Typer) -> None:
         except ApiError as exc:
             raise report(exc) from exc
         rows = [r for s in sites if (r := pipeline_row(s)) is not None]
+        bare = sorted(s["metadata"]["name"] for s in sites if inventory_only(s))
         if output_format in ("json", "yaml"):
-            out.print(dump({"sites": rows}, output_format), markup=False, highlight=False)
+            view = {"sites": rows, "withoutPipeline": bare}
+            out.print(dump(view, output_format), markup=False, highlight=False)
             return
         if rows:
             out.print(table(rows, PIPELINE_COLUMNS))
@@ -194,3 +204,6 @@ def register(app: typer.Typer) -> None:
             counts[str(r["state"])] = counts.get(str(r["state"]), 0) + 1
         summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "none"
         out.print(f"{len(rows)} sites with a pipeline: {summary}", highlight=False)
+        if bare:
+            shown = ", ".join(bare[:20]) + (f", ... ({len(bare) - 20} more)" if len(bare) > 20 else "")
+            out.print(f"{len(bare)} sites with nodes and no pipeline: {shown}", highlight=False)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from fleetplane.agent.drivers.simmodel.faults import FAULTS
 from fleetplane.cli.agent_cmd import resolve_token
 from fleetplane.core.errors import ApiError
 
@@ -90,8 +91,10 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option(
                 "--fault",
-                help="Inject a fault into every site at start: NAME[:k=v,...], e.g. "
-                "install_failure:stage=health_check (connectivity_loss, slow, install_failure, clock_skew).",
+                help="Inject a fault into every site: NAME[:k=v,...], e.g. "
+                "memory_pressure:after=60,duration=600 or install_failure:stage=health_check ("
+                + ", ".join(FAULTS)
+                + "; every fault takes after= and duration= seconds).",
             ),
         ] = None,
     ) -> None:

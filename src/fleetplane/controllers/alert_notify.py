@@ -159,5 +159,10 @@ async def post(
         response = await client.post(url, json=body, timeout=timeout, headers=headers or {})
     except httpx.HTTPError as exc:
         raise NotifyError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+    except (UnicodeError, ValueError, TypeError) as exc:
+        # A receiver the HTTP client cannot express (a header value outside latin-1, stored
+        # before validation refused it): a failed delivery with its reason, never a crash of
+        # the tick that would drop the other receivers' notifications.
+        raise NotifyError(f"cannot send to this receiver: {type(exc).__name__}: {exc}") from exc
     if not 200 <= response.status_code < 300:
         raise NotifyError(f"the receiver answered {response.status_code}")

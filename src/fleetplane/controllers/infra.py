@@ -16,6 +16,8 @@ and writes only the difference, so a restart at any point converges.
   longer reports is ``Cleared`` (kept as history, at most ``keep_cleared`` per site, the
   oldest deleted first). A site raising an id again opens a new Alarm.
 - **Pipelines**: ``status.sites`` (phase, state, reason per site running it) and counts.
+  A site with an inventory and no pipeline reports no ``pipeline``: it has no ``phase`` and
+  no ``Succeeded``/``Blocked`` condition, and no pipeline counts it.
 """
 
 from __future__ import annotations

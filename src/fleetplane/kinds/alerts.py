@@ -136,6 +136,24 @@ class Webhook(Schema):
     # e.g. {"Authorization": "Bearer ..."}: sealed at rest like a Secret, never returned.
     headers: dict[str, str] = Field(default_factory=dict, max_length=20)
 
+    @field_validator("headers")
+    @classmethod
+    def _http_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        # HTTP/1.1 header values are latin-1 bytes at most; names are tokens (RFC 9110).
+        for name, text in value.items():
+            if not name or not all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~") for c in name):
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            try:
+                text.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"header {name!r}: the value has characters HTTP headers cannot carry "
+                    "(only latin-1; e.g. write '...' rather than an ellipsis character)"
+                ) from None
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"header {name!r}: the value must not contain line breaks")
+        return value
+
 
 class AlertReceiverSpec(Schema):
     webhook: Webhook

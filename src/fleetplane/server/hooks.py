@@ -25,9 +25,24 @@ def _is_system_key(obj: Obj | None) -> bool:
     return bool(obj and (obj.get("spec") or {}).get("system"))
 
 
-def _keep_server_fields(info: KindInfo, obj: Obj, current: Obj) -> Obj:
-    """Clients never see hidden paths (nor a site's identity), so they cannot mean to change them."""
+def _carries(obj: Obj, path: str) -> bool:
+    node: Any = obj
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _keep_server_fields(info: KindInfo, obj: Obj, current: Obj, sent: Obj | None = None) -> Obj:
+    """Clients never see hidden paths (nor a site's identity), so they cannot mean to change them.
+
+    A hidden path that is also sealed is a write-only credential (an AlertReceiver's webhook
+    headers): a request whose body (``sent``, as the client sent it, before defaults) carries
+    it sets it, one that leaves it out keeps the stored value.
+    """
     kept = [*info.hidden_paths, *(("status.identity",) if info is SITE else ())]
+    kept = [p for p in kept if not (sent is not None and p in info.sealed_paths and _carries(sent, p))]
     out = {**obj}
     for path in kept:
         head, _, leaf = path.rpartition(".")
@@ -50,7 +65,9 @@ def _site_serial(site: Obj | None) -> int | None:
     return int(str(serial), 16) if serial else None
 
 
-def before_write(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj, current: Obj | None) -> Obj:
+def before_write(
+    ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj, current: Obj | None, sent: Obj | None = None
+) -> Obj:
     if info is ACCESS_KEY and not who.system:
         if _is_system_key(obj):
             raise forbidden(f"{who.describe()} cannot grant system access")
@@ -58,7 +75,7 @@ def before_write(ctx: ServerContext, who: Principal, info: KindInfo, obj: Obj, c
             raise forbidden(f"{who.describe()} cannot change a system key")
     check_references(ctx, who.tenant, info, obj, current)
     if current is not None:
-        obj = _keep_server_fields(info, obj, current)
+        obj = _keep_server_fields(info, obj, current, sent)
     if info is SITE and current is not None:
         phase = (obj.get("status") or {}).get("phase")
         serial = _site_serial(current)

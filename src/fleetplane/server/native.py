@@ -240,7 +240,8 @@ def _write(ctx: ServerContext, principal: Principal, info: KindInfo, body: Obj, 
                 "resourceVersion": meta.get("resourceVersion") or current["metadata"]["resourceVersion"],
             },
         }
-    obj = seal(ctx, tenant, info, before_write(ctx, principal, info, obj, current))
+    sent = None if status else body  # a write-only sealed path the body carries is set from it
+    obj = seal(ctx, tenant, info, before_write(ctx, principal, info, obj, current, sent), current)
     return ctx.store.update(tenant, obj, part="status" if status else "main")
 
 

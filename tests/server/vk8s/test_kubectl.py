@@ -164,6 +164,28 @@ def test_server_side_apply_with_a_conflict_and_force(env: VK8sEnv) -> None:
     assert containers(obj)[0]["env"] == [{"name": "MODE", "value": "prod"}]
 
 
+def test_server_side_apply_after_client_side_apply_migrates_managed_fields(env: VK8sEnv) -> None:
+    name = uniq("mig")
+    manifest = app_manifest(name)
+    env.ok("apply", "-f", "-", stdin=manifest)
+    # The workload status controller writes its fleet roll-up into the status.
+    deadline = time.monotonic() + 20
+    while "'fleet':" not in str(get_json(env, "deploy", name).get("status")):
+        assert time.monotonic() < deadline, "the workload status controller wrote no status.fleet"
+        time.sleep(0.2)
+    done = env.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+    assert done.returncode == 0, done.stderr
+    assert "rejected managed fields migration" not in done.stderr, done.stderr
+    assert "unknown field" not in done.stderr, done.stderr
+    obj = json.loads(env.ok("get", "deploy", name, "-o", "json", "--show-managed-fields"))
+    managers = {(m["manager"], m["operation"]) for m in obj["metadata"]["managedFields"]}
+    assert ("kubectl-client-side-apply", "Update") not in managers, managers
+    assert "fleet" in obj["status"]
+    # Migrated once: the next server-side apply has nothing to migrate and warns of nothing.
+    again = env.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=manifest)
+    assert again.returncode == 0 and "Warning" not in again.stderr, again.stderr
+
+
 def test_delete(env: VK8sEnv) -> None:
     name = uniq("del")
     env.ok("apply", "-f", "-", stdin=app_manifest(name))

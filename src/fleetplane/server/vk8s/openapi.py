@@ -60,6 +60,16 @@ CUSTOM_SCHEMAS: dict[str, dict[str, Any]] = {
     }
 }
 CONTAINER_SCHEMAS = {"V1Container", "V1EphemeralContainer"}
+# The fan-out's roll-up the workload status controller writes into a workload's status
+# (controllers/workload_render.py): published, so that strict decoding of an object read back
+# from the server (kubectl's managed-fields migration, ``kubectl replace``) accepts it.
+FLEET_STATUS = {
+    "type": "object",
+    "description": "fleetplane: the workload across its sites (desired replicas, site and pod states, "
+    "failing sites, per-site replicas). Written by the server.",
+    "x-kubernetes-preserve-unknown-fields": True,
+}
+WORKLOAD_STATUS_SCHEMAS = ("V1DeploymentStatus", "V1StatefulSetStatus", "V1JobStatus")
 QUERY_PARAMS = ("dryRun", "fieldManager", "fieldValidation", "force", "pretty")
 
 
@@ -145,6 +155,9 @@ def _build_schemas() -> dict[str, Any]:
     _, doc = models_json_schema(models, by_alias=True, ref_template=REF)
     schemas: dict[str, Any] = {k: _clean(v) for k, v in doc.get("$defs", {}).items()}
     _patch_extensions(schemas)
+    for name in WORKLOAD_STATUS_SCHEMAS:
+        if name in schemas:
+            schemas[name].setdefault("properties", {})["fleet"] = copy.deepcopy(FLEET_STATUS)
     schemas.update(copy.deepcopy(CUSTOM_SCHEMAS))
     for r in K8S_RESOURCES:
         gvk = {"group": r.group, "kind": r.kind, "version": r.version}

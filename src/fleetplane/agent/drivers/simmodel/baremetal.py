@@ -207,7 +207,9 @@ class SimBareMetal:
 
     async def bring_up_cluster(self, nodes: dict[str, str]) -> ClusterInfo:
         if not any(role == "controller" for role in nodes.values()):
-            raise StepFailed("the application cluster needs at least one controller node")
+            raise StepFailed(
+                f"none of the {len(nodes)} nodes asked to form the application cluster is a controller"
+            )
         joining = [n for n in nodes if n not in self.cluster]
         if not self.cluster:
             await self._take(self.timings.cluster_s)
@@ -234,10 +236,15 @@ class SimBareMetal:
             await self._take(self.timings.container_package_s)
             self._fail("containers", package.name)
 
+    def _in_use(self, node: str) -> bool:
+        """Whether the node runs anything: an installed OS or a cluster membership."""
+        return node in self.images or node in self.cluster
+
     async def drain(self, node: str) -> None:
         self._host(node)
         if node not in self.cordoned:
-            await self._take(self.timings.drain_s)
+            if self._in_use(node):  # a bare host (no OS) has nothing to move off: cordon only
+                await self._take(self.timings.drain_s)
             self.cordoned.add(node)
             self._save()
 
@@ -249,7 +256,10 @@ class SimBareMetal:
     async def release(self, node: str) -> None:
         self._host(node)
         await self.drain(node)
-        await self._take(self.timings.release_s)
+        if self._in_use(node):  # a bare host has nothing to leave or wipe: power off only
+            await self._take(self.timings.release_s)
+        elif self.powered[node]:
+            await self._take(self.timings.power_s)
         self.cluster.pop(node, None)
         self.images.pop(node, None)
         self.cordoned.discard(node)

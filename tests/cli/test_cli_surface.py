@@ -1,7 +1,10 @@
-"""Every command and sub-command prints its help: a help text with Rich markup in it (an
-``s3://BUCKET[/PREFIX]`` read as a closing tag) crashes ``--help`` with a traceback."""
+"""The CLI's surface: every command and sub-command prints its help (a help text with Rich
+markup in it — ``s3://BUCKET[/PREFIX]`` read as a closing tag — crashed ``--help`` with a
+traceback), and bad server options are one-line errors."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from typer.main import get_command
@@ -28,3 +31,16 @@ def test_every_command_prints_its_help() -> None:
         if result.exit_code != 0 or "Usage" not in result.output:
             broken.append(f"{' '.join(path)}: {result.exception!r} {result.output[-200:]}")
     assert not broken, "\n".join(broken)
+
+
+def test_bad_server_options_are_one_line_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, wanted in (
+        (["--rollouts-kept", "0"], "--rollouts-kept must be at least 1"),
+        (["--events-per-site", "0"], "--events-per-site at least 1"),
+        (["--offline-after", "0"], "--offline-after must be positive"),
+        (["--port", "70000"], "--port must be between 1 and 65535"),
+    ):
+        result = runner.invoke(app, ["server", "--data-dir", str(tmp_path), *args])
+        assert result.exit_code != 0
+        assert wanted in result.output and "Traceback" not in result.output, result.output
