@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import NETWORK_POLICY, REGISTRY, SITE, VIRTUAL_SITE
 from fleetplane.server.context import ServerContext, ServerSettings
 from fleetplane.server.site_status import StatusWriter, validated_status
+from tests.support.waiting import eventually
 
 GIB = 1 << 30
 
@@ -77,17 +78,6 @@ async def running(store: Store, **kw: Any) -> AsyncIterator[HealthController]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await hub.stop()
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("never converged")
-        await asyncio.sleep(0.02)
 
 
 def test_writes_health_once_and_not_on_reports_that_change_nothing(store: Store) -> None:

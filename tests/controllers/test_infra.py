@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from fleetplane.controllers.infra import InfraController, inventory_status
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import INFRA_PIPELINE, SITE, SITE_INVENTORY
+from tests.support.waiting import eventually
 
 T = "acme"
 
@@ -78,17 +78,6 @@ def test_a_site_with_an_inventory_and_no_pipeline_is_no_failed_pipeline() -> Non
     site = {"metadata": {"name": "s1"}, "status": {"infra": rep}}
     assert pipeline_row(site) is None and inventory_only(site)
     assert not inventory_only({"metadata": {"name": "s2"}, "status": {}})
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("never converged")
-        await asyncio.sleep(0.02)
 
 
 @contextlib.asynccontextmanager

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import SITE
+from tests.support.waiting import converges
 
 
 def stamp(ago: float = 0.0) -> str:
@@ -45,18 +45,6 @@ def report(store: Store, name: str, **status: Any) -> None:
     store.update("acme", {**current, "status": {"lastSeen": stamp(), **status}}, part="status")
 
 
-async def eventually(check: Callable[[], Any], expected: Any, timeout: float = 10.0) -> float:
-    started = deadline = time.monotonic()
-    deadline += timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got == expected:
-            return time.monotonic() - started
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never converged: got {got!r}, want {expected!r}")
-        await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def running(store: Store, offline_after: float) -> Any:
     hub = WatchHub(store, poll_interval=0.2)
@@ -83,8 +71,8 @@ def test_silent_sites_go_offline_and_come_back_on_their_next_report(store: Store
 
     async def scenario() -> None:
         async with running(store, offline_after=0.6):
-            await eventually(lambda: phase(store, "stale"), "Offline", timeout=3)
-            took = await eventually(lambda: phase(store, "alive"), "Offline", timeout=3)
+            await converges(lambda: phase(store, "stale"), "Offline", timeout=3)
+            took = await converges(lambda: phase(store, "alive"), "Offline", timeout=3)
             assert took < 1.5
             # Heartbeats keep a site Online.
             await asyncio.to_thread(report, store, "alive", phase="Online")
@@ -93,9 +81,9 @@ def test_silent_sites_go_offline_and_come_back_on_their_next_report(store: Store
                 await asyncio.to_thread(report, store, "alive", phase="Online")
                 assert phase(store, "alive") == "Online"
             # A report that leaves the phase out (or says Offline) is brought back Online.
-            await eventually(lambda: phase(store, "alive"), "Offline", timeout=3)
+            await converges(lambda: phase(store, "alive"), "Offline", timeout=3)
             await asyncio.to_thread(report, store, "alive")
-            await eventually(lambda: phase(store, "alive"), "Online", timeout=2)
+            await converges(lambda: phase(store, "alive"), "Online", timeout=2)
             assert phase(store, "new") == "Pending" or phase(store, "new") is None
             assert phase(store, "retired") == "Decommissioned"
             # A deleted site is forgotten.
@@ -113,7 +101,7 @@ def test_sites_get_a_grace_period_after_the_control_plane_was_down(store: Store)
         async with running(store, offline_after=3.0):
             await asyncio.sleep(1.5)
             assert phase(store, "patient") == "Online"  # not blamed for the outage
-            await eventually(lambda: phase(store, "patient"), "Offline", timeout=6)
+            await converges(lambda: phase(store, "patient"), "Offline", timeout=6)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 

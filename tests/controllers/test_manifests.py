@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from fleetplane.core.selectors import parse_selector
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import RESOURCE_RESERVATION, SITE, SITE_MANIFEST, VIRTUAL_SITE
+from tests.support.waiting import converges
 
 GI = 2**30
 
@@ -140,17 +140,6 @@ def res(cpu: int, memory: int, *sources: str, revisions: dict[str, int] | None =
     return {"cpuMillis": cpu, "memoryBytes": memory, "sources": list(sources), "revisions": revs}
 
 
-async def eventually(check: Callable[[], Any], expected: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never converged: got {got!r}, want {expected!r}")
-        await asyncio.sleep(0.03)
-
-
 class Running:
     """The compile controller with its own hub (it keeps its own membership: no need for the
     membership controller, whose status writes would only blur the revision checks)."""
@@ -192,45 +181,45 @@ PLATFORM_2 = {"shop/platform": 2}
 
 async def _scenario_full(store: Store) -> None:
     async with Running(store):
-        await eventually(lambda: manifest(store, "s3") is not None, True)
+        await converges(lambda: manifest(store, "s3") is not None, True)
         empty = manifest(store, "s3")
         assert empty is not None
         assert empty["spec"] == {"site": "s3", "hash": manifest_hash({}), "sections": {}}
         await write(store, "create", "acme", reservation("platform", ["prod"], "500m", "1Gi"))
-        await eventually(lambda: section(store, "s1"), res(500, GI, "shop/platform"))
-        await eventually(lambda: section(store, "s2"), res(500, GI, "shop/platform"))
+        await converges(lambda: section(store, "s1"), res(500, GI, "shop/platform"))
+        await converges(lambda: section(store, "s2"), res(500, GI, "shop/platform"))
         assert section(store, "s3") is None and section(store, "s1", "other") is None
         # Overlapping reservations sum; sources are sorted by namespace/name.
         await write(
             store, "create", "acme", reservation("base", ["shared/eu"], "1", "512Mi", namespace="base")
         )
-        await eventually(lambda: section(store, "s1"), res(1500, GI + GI // 2, "base/base", "shop/platform"))
+        await converges(lambda: section(store, "s1"), res(1500, GI + GI // 2, "base/base", "shop/platform"))
         assert section(store, "s2") == res(500, GI, "shop/platform")
         # A relabel: s3 joins prod (gains the section), s1 leaves eu (loses base).
         await write(store, "update", "acme", site("s3", env="prod"))
         await write(store, "update", "acme", site("s1", env="prod"))
-        await eventually(lambda: section(store, "s3"), res(500, GI, "shop/platform"))
-        await eventually(lambda: section(store, "s1"), res(500, GI, "shop/platform"))
+        await converges(lambda: section(store, "s3"), res(500, GI, "shop/platform"))
+        await converges(lambda: section(store, "s1"), res(500, GI, "shop/platform"))
         # ...and leaving prod loses it: the section is absent, the manifest stays.
         await write(store, "update", "acme", site("s2", env="dev"))
-        await eventually(lambda: section(store, "s2"), None)
+        await converges(lambda: section(store, "s2"), None)
         # The intent is retargeted: its old members lose it, its new ones gain it.
         await write(store, "create", "acme", virtual_site("dev", "env=dev"))
         await write(store, "update", "acme", reservation("platform", ["dev"], "2", "1Gi"))
-        await eventually(lambda: section(store, "s2"), res(2000, GI, "shop/platform", revisions=PLATFORM_2))
-        await eventually(lambda: section(store, "s1"), None)
-        await eventually(lambda: section(store, "s3"), None)
+        await converges(lambda: section(store, "s2"), res(2000, GI, "shop/platform", revisions=PLATFORM_2))
+        await converges(lambda: section(store, "s1"), None)
+        await converges(lambda: section(store, "s3"), None)
         # A selector change: the members that join gain it.
         await write(store, "update", "acme", virtual_site("dev", "env in (dev,prod)"))
-        await eventually(lambda: section(store, "s3"), res(2000, GI, "shop/platform", revisions=PLATFORM_2))
+        await converges(lambda: section(store, "s3"), res(2000, GI, "shop/platform", revisions=PLATFORM_2))
         # Deleting the reservation removes the section; deleting a site deletes its manifest.
         await write(store, "delete", "acme", RESOURCE_RESERVATION.kind, "shop", "platform")
-        await eventually(lambda: section(store, "s3"), None)
+        await converges(lambda: section(store, "s3"), None)
         await write(store, "delete", "acme", SITE.kind, "", "s3")
-        await eventually(lambda: manifest(store, "s3"), None)
+        await converges(lambda: manifest(store, "s3"), None)
         # A new site gets its manifest at once.
         await write(store, "create", "acme", site("s4", zone="eu"))
-        await eventually(lambda: section(store, "s4"), res(1000, GI // 2, "base/base"))
+        await converges(lambda: section(store, "s4"), res(1000, GI // 2, "base/base"))
 
 
 def test_unchanged_recompile_writes_nothing_and_generation_moves_only_on_change(store: Store) -> None:
@@ -240,7 +229,7 @@ def test_unchanged_recompile_writes_nothing_and_generation_moves_only_on_change(
 
     async def scenario() -> None:
         async with Running(store):
-            await eventually(lambda: section(store, "s1"), res(1000, GI, "shop/r"))
+            await converges(lambda: section(store, "s1"), res(1000, GI, "shop/r"))
             before = manifest(store, "s1")
             assert before is not None and before["metadata"]["generation"] == 1
             revision = await write(store, "revision")
@@ -261,11 +250,11 @@ def test_unchanged_recompile_writes_nothing_and_generation_moves_only_on_change(
             # with the same amounts: a rollout needs to see the site apply it.
             r = reservation("r", ["prod"], "1000m", "1Gi")
             await write(store, "update", "acme", {**r, "spec": {**r["spec"], "description": "same amount"}})
-            await eventually(lambda: section(store, "s1"), res(1000, GI, "shop/r", revisions={"shop/r": 2}))
+            await converges(lambda: section(store, "s1"), res(1000, GI, "shop/r", revisions={"shop/r": 2}))
             assert (manifest(store, "s1") or {})["metadata"]["generation"] == 2
             # A real change bumps the generation by one.
             await write(store, "update", "acme", reservation("r", ["prod"], "2", "1Gi"))
-            await eventually(lambda: (manifest(store, "s1") or {})["metadata"]["generation"], 3)
+            await converges(lambda: (manifest(store, "s1") or {})["metadata"]["generation"], 3)
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
@@ -278,8 +267,8 @@ def test_restart_converges_and_then_writes_nothing(store: Store) -> None:
 
     async def scenario() -> None:
         async with Running(store):
-            await eventually(lambda: section(store, "a"), res(1000, GI, "shop/r"))
-            await eventually(lambda: section(store, "c"), None)
+            await converges(lambda: section(store, "a"), res(1000, GI, "shop/r"))
+            await converges(lambda: section(store, "c"), None)
 
         # While no controller runs, the fleet and the intents change.
         await write(store, "update", "acme", site("a", env="dev"))
@@ -288,9 +277,9 @@ def test_restart_converges_and_then_writes_nothing(store: Store) -> None:
         await write(store, "update", "acme", reservation("r", ["prod"], "3", "1Gi"))
 
         async with Running(store):
-            await eventually(lambda: section(store, "d"), res(3000, GI, "shop/r", revisions={"shop/r": 2}))
-            await eventually(lambda: section(store, "a"), None)
-            await eventually(lambda: manifest(store, "b"), None)
+            await converges(lambda: section(store, "d"), res(3000, GI, "shop/r", revisions={"shop/r": 2}))
+            await converges(lambda: section(store, "a"), None)
+            await converges(lambda: manifest(store, "b"), None)
 
         # A restart with nothing changed writes nothing.
         revision = await write(store, "revision")
@@ -299,7 +288,7 @@ def test_restart_converges_and_then_writes_nothing(store: Store) -> None:
             await asyncio.sleep(0.5)
             assert await write(store, "revision") == revision
             await write(store, "update", "acme", site("c", env="prod"))
-            await eventually(lambda: section(store, "c"), res(3000, GI, "shop/r", revisions={"shop/r": 2}))
+            await converges(lambda: section(store, "c"), res(3000, GI, "shop/r", revisions={"shop/r": 2}))
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +20,7 @@ from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import SITE, VIRTUAL_SITE
 from fleetplane.kinds.virtualsite import MAX_LISTED_MEMBERS
+from tests.support.waiting import converges
 
 # -- the pure engine ----------------------------------------------------------------------------------
 
@@ -251,17 +252,6 @@ def want(members: list[str], selector: str, generation: int = 1) -> dict[str, An
     }
 
 
-async def eventually(check: Callable[[], Any], expected: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got == expected:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never converged: got {got!r}, want {expected!r}")
-        await asyncio.sleep(0.03)
-
-
 class Running:
     """A controller with its own hub, as one server process would run it."""
 
@@ -292,28 +282,28 @@ def test_controller_keeps_virtual_site_status_current(store: Store) -> None:
 
     async def scenario() -> None:
         async with Running(store):
-            await eventually(lambda: status_of(store, "acme", "prod"), want(["s1", "s3"], "env=prod"))
-            await eventually(lambda: status_of(store, "acme", "eu", "europe"), want(["s3"], "zone=eu"))
+            await converges(lambda: status_of(store, "acme", "prod"), want(["s1", "s3"], "env=prod"))
+            await converges(lambda: status_of(store, "acme", "eu", "europe"), want(["s3"], "zone=eu"))
             # Relabel: s2 joins, s1 leaves.
             await asyncio.to_thread(relabel, store, "acme", "s2", env="prod")
             await asyncio.to_thread(relabel, store, "acme", "s1", env="dev")
-            await eventually(lambda: status_of(store, "acme", "prod"), want(["s2", "s3"], "env=prod"))
+            await converges(lambda: status_of(store, "acme", "prod"), want(["s2", "s3"], "env=prod"))
             # Delete: s3 leaves both.
             await asyncio.to_thread(store.delete, "acme", "Site", "", "s3")
-            await eventually(lambda: status_of(store, "acme", "prod"), want(["s2"], "env=prod"))
-            await eventually(lambda: status_of(store, "acme", "eu", "europe"), want([], "zone=eu"))
+            await converges(lambda: status_of(store, "acme", "prod"), want(["s2"], "env=prod"))
+            await converges(lambda: status_of(store, "acme", "eu", "europe"), want([], "zone=eu"))
             # A site created later joins.
             await asyncio.to_thread(store.create, "acme", site("s4", env="prod", zone="eu"))
-            await eventually(lambda: status_of(store, "acme", "prod"), want(["s2", "s4"], "env=prod"))
-            await eventually(lambda: status_of(store, "acme", "eu", "europe"), want(["s4"], "zone=eu"))
+            await converges(lambda: status_of(store, "acme", "prod"), want(["s2", "s4"], "env=prod"))
+            await converges(lambda: status_of(store, "acme", "eu", "europe"), want(["s4"], "zone=eu"))
             # A selector change recomputes and reports the new generation.
             await asyncio.to_thread(reselect, store, "acme", "prod", "env in (dev,prod),!zone")
-            await eventually(
+            await converges(
                 lambda: status_of(store, "acme", "prod"), want(["s1", "s2"], "env in (dev,prod),!zone", 2)
             )
             # Another tenant's virtual site sees only that tenant's sites.
             await asyncio.to_thread(store.create, "other", virtual_site("prod", "env=prod"))
-            await eventually(lambda: status_of(store, "other", "prod"), want(["s1"], "env=prod"))
+            await converges(lambda: status_of(store, "other", "prod"), want(["s1"], "env=prod"))
             assert status_of(store, "acme", "prod")["members"] == ["s1", "s2"]
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
@@ -327,8 +317,8 @@ def test_controller_restart_converges_and_then_writes_nothing(store: Store) -> N
 
     async def scenario() -> None:
         async with Running(store):
-            await eventually(lambda: status_of(store, "acme", "prod"), want(["a", "b"], "env=prod"))
-            await eventually(lambda: status_of(store, "acme", "dev"), want(["c"], "env=dev"))
+            await converges(lambda: status_of(store, "acme", "prod"), want(["a", "b"], "env=prod"))
+            await converges(lambda: status_of(store, "acme", "dev"), want(["c"], "env=dev"))
 
         # While no controller runs, the fleet changes and the statuses go stale.
         await asyncio.to_thread(relabel, store, "acme", "a", env="dev")
@@ -339,11 +329,9 @@ def test_controller_restart_converges_and_then_writes_nothing(store: Store) -> N
         assert status_of(store, "acme", "prod") == want(["a", "b"], "env=prod")
 
         async with Running(store):
-            await eventually(lambda: status_of(store, "acme", "prod"), want(["d"], "env=prod"))
-            await eventually(
-                lambda: status_of(store, "acme", "dev"), want(["a", "c"], "env in (dev,test)", 2)
-            )
-            await eventually(lambda: status_of(store, "acme", "all"), want(["a", "c", "d"], ""))
+            await converges(lambda: status_of(store, "acme", "prod"), want(["d"], "env=prod"))
+            await converges(lambda: status_of(store, "acme", "dev"), want(["a", "c"], "env in (dev,test)", 2))
+            await converges(lambda: status_of(store, "acme", "all"), want(["a", "c", "d"], ""))
 
         # A restart with nothing changed writes nothing.
         revision = await asyncio.to_thread(store.revision)
@@ -356,7 +344,7 @@ def test_controller_restart_converges_and_then_writes_nothing(store: Store) -> N
             assert await asyncio.to_thread(store.revision) == revision
             # ...and still reacts afterwards.
             await asyncio.to_thread(relabel, store, "acme", "c", env="prod")
-            await eventually(lambda: status_of(store, "acme", "prod"), want(["c", "d"], "env=prod"))
-            await eventually(lambda: status_of(store, "acme", "dev"), want(["a"], "env in (dev,test)", 2))
+            await converges(lambda: status_of(store, "acme", "prod"), want(["c", "d"], "env=prod"))
+            await converges(lambda: status_of(store, "acme", "dev"), want(["a"], "env in (dev,test)", 2))
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import NETWORK_POLICY, SERVICE_POLICY, SITE
+from tests.support.waiting import eventually
 
 NP = ("NetworkPolicy", "acme", "default", "github")
 SP = ("ServicePolicy", "acme", "default", "github")
@@ -151,17 +152,6 @@ def report(store: Store, name: str, hits: dict[str, int]) -> None:
 def policy_status(store: Store) -> dict[str, Any]:
     status: dict[str, Any] = store.get("acme", NETWORK_POLICY.kind, "default", "github").get("status") or {}
     return status
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("never converged")
-        await asyncio.sleep(0.02)
 
 
 def test_controller_writes_fleet_hits_coalesced(store: Store) -> None:

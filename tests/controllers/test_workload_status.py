@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +16,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.server.vk8s.tables import table
+from tests.support.waiting import eventually
 
 T = "acme"
 DEPLOY_KIND = "vk8s.apps.Deployment"
@@ -138,17 +138,6 @@ def put_site(store: Store, name: str, status: dict[str, Any]) -> None:
         store.create(T, {"apiVersion": "fleetplane.io/v1", "kind": "Site", "metadata": {"name": name}})
         current = store.get(T, "Site", "", name)
     store.update(T, {**current, "status": status}, part="status")
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError("never converged")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
