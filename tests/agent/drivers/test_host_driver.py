@@ -463,6 +463,11 @@ IN_NETNS = textwrap.dedent(
     import json, socket, subprocess, sys
     from fleetplane.agent.drivers.host import HostDriver
     section = json.loads(sys.argv[1])
+    # No IPv6 on the veths: its autoconfiguration (router solicitations, MLD reports) sends
+    # packets of its own at a moment of the kernel's choosing, counted on default-egress.
+    for knob in ("all", "default"):
+        with open(f"/proc/sys/net/ipv6/conf/{knob}/disable_ipv6", "w") as f:
+            f.write("1")
     for cmd in ("ip link add v0 type veth peer name v1", "ip addr add 10.9.0.1/24 dev v0",
                 "ip link set v0 up", "ip link set v1 up"):
         subprocess.run(cmd.split(), check=True)
