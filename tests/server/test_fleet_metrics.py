@@ -13,32 +13,16 @@ import httpx
 import pytest
 
 from fleetplane.core.envelope import is_sealed
-from fleetplane.core.objects import now_rfc3339
 from fleetplane.core.store import open_store
 from tests.server.test_metrics import API, client, ok, uniq
+from tests.server.test_metrics import add_site as add_metered_site
 from tests.support.server import ServerProcess
 
 GIB = 1 << 30
 
 
 def add_site(http: httpx.Client, name: str, labels: dict[str, str], memory_gib: float) -> None:
-    ok(http.post(f"{API}/sites", json={"metadata": {"name": name, "labels": labels}}), 201)
-    status = {
-        "phase": "Online",
-        "lastSeen": now_rfc3339(),
-        "usage": {"cpuMillis": 2000, "memoryBytes": int(memory_gib * GIB), "diskBytes": 25 * GIB},
-        "allocatable": {"cpuMillis": 8000, "memoryBytes": 16 * GIB},
-        "nodes": [{"name": "n1", "diskBytes": 100 * GIB}],
-    }
-    for _ in range(10):  # the health controller may write the status in between: retry
-        body = ok(http.get(f"{API}/sites/{name}"))
-        resp = http.put(
-            f"{API}/sites/{name}/status", json={**body, "status": {**body.get("status", {}), **status}}
-        )
-        if resp.status_code != 409:
-            ok(resp)
-            return
-    raise AssertionError("status write kept conflicting")
+    add_metered_site(http, name, labels, memory_gib, disk=True)
 
 
 @dataclass
