@@ -41,7 +41,7 @@ import httpx
 
 from bench.common import Report, percentile
 from bench.nats_baseline import nats_fanout
-from bench.procs import cpu_s, free_port, rss_kb, stop_process
+from bench.procs import children, cpu_s, free_port, profile, rss_kb, stop_process, stop_profile
 
 SECTION = "fanout"
 FULL, QUICK = 1000, 10
@@ -191,6 +191,7 @@ class Watcher(threading.Thread):
         self.server, self.rv, self.before, self.plural = server, rv, before, plural
         self.accept = accept  # when given, only objects it accepts count
         self.done: dict[str, float] = {}
+        self.first: dict[str, float] = {}  # the first report of a newer generation, any state
         self.generation: dict[str, int] = {}  # the generation each done site was seen at
         self.all_done = threading.Event()
         self.ready = threading.Event()
@@ -223,6 +224,8 @@ class Watcher(threading.Thread):
                         generation, applied = int(obj["metadata"].get("generation") or 0), True
                     else:
                         generation, applied = _applied(obj)
+                        if generation > self.before[name]:
+                            self.first.setdefault(name, now)
                     if applied and generation > self.before[name]:
                         if self.accept is not None and not self.accept(obj):
                             continue
@@ -345,6 +348,8 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
             watcher.ready.wait(30)
             compiled.ready.wait(30)
             time.sleep(0.5)
+            workers = {f"sim{i}": pid for i, pid in enumerate(children(sim.pid))}
+            spy = profile({"server": server.proc.pid, **workers}, f"fanout{n}")
             cpu0 = cpu_s(server.proc.pid)
             t0 = time.perf_counter()
             server.post(
@@ -361,6 +366,7 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
             cpu1 = cpu_s(server.proc.pid)
             rss_after = rss_kb(server.proc.pid)
             compiled.all_done.wait(5)
+            stop_profile(spy)
             watcher.close()
             compiled.close()
             if not finished:

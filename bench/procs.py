@@ -1,4 +1,5 @@
-"""Process helpers the benchmarks share: free ports, stopping, RSS and CPU from /proc."""
+"""Process helpers the benchmarks share: free ports, stopping, RSS and CPU from /proc, and
+py-spy profiles on request."""
 
 from __future__ import annotations
 
@@ -48,3 +49,39 @@ def stop_process(proc: subprocess.Popen[bytes], group: bool = False) -> None:
         else:
             proc.kill()
         proc.wait(5)
+
+
+# -- profiles ---------------------------------------------------------------------------------------
+
+
+def profile(pids: dict[str, int], phase: str) -> list[subprocess.Popen[bytes]]:
+    """``FLEETPLANE_BENCH_PYSPY=DIR``: py-spy (on PATH) records each process during a phase, as
+    raw stacks of the thread holding the GIL (what uses the CPU), into ``DIR/<phase>-<name>.txt``."""
+    where = os.environ.get("FLEETPLANE_BENCH_PYSPY")
+    if not where:
+        return []
+    spy = ["py-spy", "record", "--gil", "--threads", "--format", "raw"]
+    return [
+        subprocess.Popen([*spy, "--pid", str(pid), "-o", f"{where}/{phase}-{name}.txt"])
+        for name, pid in pids.items()
+    ]
+
+
+def stop_profile(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGINT)
+    for proc in procs:
+        proc.wait(30)
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (e.g. a simulator's worker processes)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out

@@ -44,7 +44,7 @@ import yaml
 
 from bench.common import Report, percentile
 from bench.fanout import Server, Watcher, _applied, bench_fleet, start_simulator, wait_onboarded
-from bench.procs import cpu_s, stop_process
+from bench.procs import children, cpu_s, profile, stop_process, stop_profile
 from fleetplane.agent.drivers.simmodel.workloads import default_image_size
 
 SECTION = "vk8s"
@@ -127,38 +127,6 @@ def wait_status(server: Server, want: int, generation: int, timeout: float) -> f
         time.sleep(0.1)
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _profile(pids: dict[str, int], phase: str) -> list[subprocess.Popen[bytes]]:
-    """``FLEETPLANE_BENCH_PYSPY=DIR``: py-spy (on PATH) records each process during a phase."""
-    where = os.environ.get("FLEETPLANE_BENCH_PYSPY")
-    if not where:
-        return []
-    return [
-        subprocess.Popen(
-            ["py-spy", "record", "--pid", str(pid), "--format", "raw", "-o", f"{where}/{phase}-{name}.txt"]
-        )
-        for name, pid in pids.items()
-    ]
-
-
-def _stop_profile(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        proc.send_signal(2)
-    for proc in procs:
-        proc.wait(30)
-
-
 def events_by_kind(server: Server, after: int) -> dict[str, tuple[int, int]]:
     """Store writes after revision ``after``, per kind: (events, bytes of their objects), read
     from the server's SQLite file (the events table, read-only)."""
@@ -199,7 +167,7 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
             kubectl = ["kubectl", "--kubeconfig", str(config), "--cache-dir", str(root / "kcache")]
             subprocess.run([*kubectl, "get", "pods"], capture_output=True, check=True)  # warm discovery
             server_ms, kubectl_ms, rows = [], [], 0
-            spy = _profile({"server": server.proc.pid}, "lists")
+            spy = profile({"server": server.proc.pid}, "lists")
             cpu_lists = cpu_s(server.proc.pid)
             pods_url = f"{PREFIX}/api/v1/namespaces/default/pods"
             for _ in range(lists):
@@ -212,7 +180,7 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
                 rows = len(done.stdout.strip().splitlines()) - 1
             # Server CPU per list pair (one direct Table request + one kubectl get pods).
             cpu_lists = (cpu_s(server.proc.pid) - cpu_lists) * 1000 / max(lists, 1)
-            _stop_profile(spy)
+            stop_profile(spy)
 
             # (b) an image bump to every site
             items, rv = server.sites()
@@ -226,8 +194,8 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
             compiled.ready.wait(30)
             time.sleep(0.5)
             patch = {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": new}]}}}}
-            workers = {f"sim{i}": pid for i, pid in enumerate(_children(sim.pid))}
-            spy = _profile({"server": server.proc.pid, **workers}, "bump")
+            workers = {f"sim{i}": pid for i, pid in enumerate(children(sim.pid))}
+            spy = profile({"server": server.proc.pid, **workers}, "bump")
             cpu_sim = sum(cpu_s(pid) for pid in workers.values())
             cpu_bump = cpu_s(server.proc.pid)
             t0 = time.perf_counter()
@@ -247,9 +215,10 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
             cpu_bump = (cpu_s(server.proc.pid) - cpu_bump) * 1000
             cpu_sim = (sum(cpu_s(pid) for pid in workers.values()) - cpu_sim) * 1000
             writes = events_by_kind(server, int(rv))
-            _stop_profile(spy)
+            stop_profile(spy)
             effect = sorted((t - t0) * 1000 for t in watcher.done.values())
             compile_ms = sorted((t - t0) * 1000 for t in compiled.done.values()) or [0.0]
+            first_report_ms = sorted((t - t0) * 1000 for t in watcher.first.values()) or [0.0]
         finally:
             if sim is not None:
                 stop_process(sim, group=True)
@@ -263,6 +232,7 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
         "kubectl_ms": sorted(kubectl_ms),
         "effect_ms": effect,
         "compile_ms": compile_ms,
+        "first_report_ms": first_report_ms,
         "status_ms": (status_done - t0) * 1000,
         "cpu_list_ms": cpu_lists,
         "cpu_bump_ms": cpu_bump,
@@ -297,6 +267,7 @@ def run(report: Report, quick: bool) -> None:
         # a step is a convoy (every site waiting on one thing).
         "effect_per_second": histogram(got["effect_ms"]),
         "compiled_per_second": histogram(got["compile_ms"]),
+        "first_report_per_second": histogram(got["first_report_ms"]),
     }
     pods = f"N = {n:,}"
     report.add(SECTION, "sites", f"{pods}: sites connected", got["connected"], "sites")
@@ -342,6 +313,14 @@ def run(report: Report, quick: bool) -> None:
     )
     report.add(SECTION, "bump.effect.min_ms", f"{pods}: image bump to first site Applied", min(eff), "ms")
     report.add(SECTION, "bump.effect.max_ms", f"{pods}: image bump to last site Applied", max(eff), "ms")
+    first = got["first_report_ms"]
+    report.add(
+        SECTION,
+        "bump.first_report.p50_ms",
+        f"{pods}: image bump to the site's first report of it (any state), p50",
+        percentile(first, 50),
+        "ms",
+    )
     comp = got["compile_ms"]
     report.add(
         SECTION, "bump.compiled.max_ms", f"{pods}: image bump to last manifest stored", max(comp), "ms"

@@ -89,7 +89,7 @@ class ScriptedApi:
         self.current: dict[str, Any] | None = None
         self.down = False
         self.statuses: list[dict[str, Any]] = []
-        self.polls: list[tuple[int, int]] = []
+        self.polls: list[tuple[int, float]] = []
         self.calls = 0
         self.refuse_with: int | None = None
         self.refuse_unknown_status_fields = False
@@ -102,7 +102,7 @@ class ScriptedApi:
         if self.refuse_with is not None:
             raise ApiError(self.refuse_with, "Unauthorized", "certificate revoked")
 
-    async def manifest(self, after: int, wait_seconds: int) -> dict[str, Any] | None:
+    async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None:
         self._gate()
         self.polls.append((after, wait_seconds))
         gen = int(self.current["metadata"]["generation"]) if self.current else 0

@@ -193,3 +193,30 @@ def test_a_silent_site_goes_offline_and_comes_back_online_on_its_next_report(
         r = site.put(f"{SITE_API}/site/status", json={"status": {"nodeCount": 1}})
         assert r.status_code == 200, r.text
         assert wait_phase(op, "mf-dev", "Online", timeout=3) < 1.5
+
+
+def test_a_report_that_asks_for_no_answer_body_gets_204_and_is_stored(
+    agents: dict[str, Agent], op: httpx.Client
+) -> None:
+    """What the agent sends (RFC 7240): the report is stored exactly as without the header,
+    only the answer carries no Site; without the header the Site comes back as before."""
+    with agents["prod"].mtls() as site:
+        r = site.put(
+            f"{SITE_API}/site/status",
+            json={"status": {"phase": "Online", "nodeCount": 3, "softwareVersion": "minimal-1"}},
+            headers={"Prefer": "return=minimal"},
+        )
+        assert r.status_code == 204, r.text
+        assert r.content == b"" and r.headers["preference-applied"] == "return=minimal"
+        stored = op.get(f"{API}/sites/mf-prod").json()["status"]
+        assert stored["nodeCount"] == 3 and stored["softwareVersion"] == "minimal-1"
+        # A refused report is refused the same way: the header never hides an error.
+        r = site.put(
+            f"{SITE_API}/site/status",
+            json={"status": {"nodeCount": "three"}},
+            headers={"Prefer": "return=minimal"},
+        )
+        assert r.status_code == 422 and r.json()["reason"] == "Invalid", r.text
+        assert "status.nodeCount" in r.text
+        r = site.put(f"{SITE_API}/site/status", json={"status": {"phase": "Online", "nodeCount": 4}})
+        assert r.status_code == 200 and r.json()["status"]["nodeCount"] == 4

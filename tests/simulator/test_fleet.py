@@ -122,7 +122,7 @@ async def test_sim_driver_under_the_core_keeps_the_manifest_offline(tmp_path: Pa
     class Down:
         calls = 0
 
-        async def manifest(self, after: int, wait_seconds: int) -> dict[str, Any] | None:
+        async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None:
             raise ApiError(0, "ConnectionError", "down")
 
         async def put_status(self, status: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,14 @@ log = logging.getLogger("fleetplane.agent")
 MANIFEST_FILE = "manifest.json"
 MAX_WAIT_SECONDS = 60  # the server's long-poll cap
 APPLYING_RECHECK_SECONDS = 1.0  # re-apply (level-triggered) this often while items are in progress
+# A manifest whose items the driver says it finishes within this long of taking it is reported
+# once, finished, instead of "in progress" and again a moment later: half the reports of a
+# fleet-wide change whose work is short (a small image pull), none of the information lost.
+SETTLE_SECONDS = 1.0
+# With a driver that says when its state next changes, re-apply then (never more often than this)...
+MIN_RECHECK_SECONDS = 0.05
+# ...and still at least this often, level-triggered.
+MAX_DRIVER_RECHECK_SECONDS = 10.0
 LEGACY_STATUS_FIELDS = ("phase", "lastSeen", "nodeCount", "facts", "softwareVersion", "osVersion")
 TRANSIENT_CODES = (0, 429, 502, 503, 504)
 
@@ -63,7 +71,7 @@ class SiteRefused(Exception):
 class SiteApi(Protocol):
     """The calls the core makes (``AsyncSiteClient``; a fake in unit tests)."""
 
-    async def manifest(self, after: int, wait_seconds: int) -> dict[str, Any] | None: ...
+    async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None: ...
 
     async def put_status(self, status: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -180,6 +188,7 @@ class AgentCore:
         self.reports = 0
         self.connected = False
         self._dirty = True  # something to report now
+        self._settle_until = 0.0  # monotonic: a report of items in progress may wait until then
         self._legacy_status = False  # the server does not know status.manifest & co. yet
         self._no_distribution = False  # the server has no manifest endpoint (404)
         self._not_after = 0.0
@@ -282,6 +291,11 @@ class AgentCore:
             self._next_renew_check = now + self._renew_check
             if self._not_after and time.time() >= self._renew_at:
                 api = await self._renew(api)
+        if (hold := self._hold()) > 0:
+            # The driver finishes what is in progress within the settle window: report it done.
+            await self._sleep(hold)
+            await self.apply()
+            return api
         if self._dirty or now - self.last_report >= self.heartbeat or self.last_report == 0.0:
             await self._report(api)
         if self._no_distribution:
@@ -322,6 +336,7 @@ class AgentCore:
         self.manifest = manifest
         log.info("%s: applying manifest generation %d", self.site, self.generation)
         self.state = "Applying"
+        self._settle_until = time.monotonic() + SETTLE_SECONDS
         await self.apply()
         self._dirty = True
 
@@ -387,9 +402,38 @@ class AgentCore:
     def _until_heartbeat(self) -> float:
         return max(0.0, self.last_report + self.heartbeat - time.monotonic())
 
-    def _poll_wait(self) -> int:
+    def _in_progress(self) -> bool:
         # Any item in progress (also beside a failed one, when the state reads Failed).
-        if any(item.state == "InProgress" for item in self.items):
+        return any(item.state == "InProgress" for item in self.items)
+
+    def _next_change_in(self) -> float | None:
+        """Seconds until the driver's own state next changes (a pull done, a pod started, an
+        install step), when the driver can tell; ``None`` otherwise."""
+        probe = getattr(self.driver, "next_change_in", None)
+        if not callable(probe):
+            return None
+        due = probe()
+        return None if due is None else max(0.0, float(due))
+
+    def _hold(self) -> float:
+        """How long to hold an unreported change of items in progress, because the driver
+        finishes them within the settle window of the manifest just taken (0: report now).
+        Never the first report, never past the window, never for a driver that cannot tell."""
+        if not self._dirty or self.last_report == 0.0 or not self._in_progress():
+            return 0.0
+        left = self._settle_until - time.monotonic()
+        due = self._next_change_in() if left > 0 else None
+        if due is None or due > left:
+            return 0.0
+        return max(due, MIN_RECHECK_SECONDS)
+
+    def _poll_wait(self) -> float:
+        if self._in_progress():
+            due = self._next_change_in()
+            if due is not None:
+                # Re-apply when the driver's state changes, not on a fixed beat.
+                cap = min(MAX_DRIVER_RECHECK_SECONDS, self._until_heartbeat())
+                return round(max(MIN_RECHECK_SECONDS, min(due, cap)), 3)
             return max(1, math.ceil(min(APPLYING_RECHECK_SECONDS, self._until_heartbeat())))
         return min(MAX_WAIT_SECONDS, max(1, math.ceil(self._until_heartbeat())))
 

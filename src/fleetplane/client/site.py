@@ -285,7 +285,18 @@ class AsyncSiteClient:
         return result
 
     async def put_status(self, status: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("PUT", f"{SITE_API}/site/status", body={"status": status})
+        """Report the site's status. The agent has no use for the stored Site, so it asks for
+        none (RFC 7240 ``Prefer: return=minimal``): the server answers 204 and neither side
+        renders or parses the object. ``{}`` then; the Site from a server that ignores it."""
+        resp = await self.send(
+            "PUT",
+            f"{SITE_API}/site/status",
+            body={"status": status},
+            headers={"Prefer": "return=minimal"},
+        )
+        if resp.status_code == 204:
+            return {}
+        result: dict[str, Any] = decode_response(resp)
         return result
 
     async def put_kubeconfig(self, namespace: str, kubeconfig: str) -> dict[str, Any]:
@@ -298,7 +309,7 @@ class AsyncSiteClient:
         result = await self.request("POST", f"{SITE_API}/site/certificate", body={"csr": csr_pem.decode()})
         return str(result["certificate"]).encode()
 
-    async def manifest(self, after: int, wait_seconds: int) -> dict[str, Any] | None:
+    async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None:
         """The site's ``SiteManifest`` once its generation is above ``after``; ``None`` when
         ``wait_seconds`` passed without one (204)."""
         resp = await self.send(

@@ -177,7 +177,9 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JsonResponse,
     )
-    app.add_middleware(site_api.SiteFastPath)  # innermost: inside the body limit and metrics
+    app.add_middleware(
+        site_api.SiteFastPath, routers=(site_api.router, site_manifest_api.router)
+    )  # innermost: inside the body limit and metrics
     app.add_middleware(
         BodyLimit,
         limit=settings.max_body_bytes,

@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 
+from fleetplane.core.process_tuning import tune_for_service
 from fleetplane.core.store import open_store
 from fleetplane.identity.serving import default_hosts, ensure_serving_cert
 from fleetplane.server.app import create_app
@@ -57,6 +58,7 @@ def run_server(settings: ServerSettings, *, banner: bool = True) -> None:
             flush=True,
         )
     app = create_app(settings, store)
+    tune_for_service()
     try:
         uvicorn.run(
             app,

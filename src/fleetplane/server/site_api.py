@@ -18,6 +18,7 @@ import hmac
 import secrets
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
@@ -315,14 +316,17 @@ async def authenticated_identity(request: Request) -> tuple[ServerContext, str, 
 
 
 @router.put("/site/status")
-async def put_status(request: Request) -> JsonResponse:
+async def put_status(request: Request) -> Response:
     ctx, tenant, name, serial = await authenticated_identity(request)
     body = await read_object(request)
     wanted = body.get("status")
     if not isinstance(wanted, dict):
         raise bad_request("status must be an object", [Cause("status", "must be an object")])
     status = validated_status(name, wanted)
-    return JsonResponse(SITE.redact(await status_writer(ctx).submit(tenant, name, serial, status)))
+    site = await status_writer(ctx).submit(tenant, name, serial, status)
+    if "return=minimal" in request.headers.get("prefer", ""):  # RFC 7240: the agent's reports
+        return Response(status_code=204, headers={"Preference-Applied": "return=minimal"})
+    return JsonResponse(SITE.redact(site))
 
 
 def renew(ctx: ServerContext, tenant: str, site: Obj, csr: str) -> str:
@@ -367,21 +371,23 @@ async def crl(request: Request, tenant: str) -> Response:
 
 # -- the hot path ---------------------------------------------------------------------------------
 
-FAST = ("POST /registrations", "PUT /site/status")
+FAST = ("POST /registrations", "PUT /site/status", "GET /manifest")
 
 
 class SiteFastPath:
-    """ASGI middleware: the two calls every site makes at onboarding and then as its heartbeat
-    (register; report status) go straight to their handlers, past FastAPI's routing,
-    dependency and exception layers (a third of the server's CPU for such a call). The same
-    handler code runs, errors answer as everywhere (``ApiError.to_status``), and the
-    middlewares outside this one (body limit, request metrics) still apply."""
+    """ASGI middleware: the calls every site makes at onboarding and then for every change and
+    heartbeat (register; report status; long-poll its manifest) go straight to their handlers,
+    past FastAPI's routing, dependency and exception layers (a third of the server's CPU for
+    such a call). The same handler code runs, errors answer as everywhere
+    (``ApiError.to_status``), and the middlewares outside this one (body limit, request
+    metrics) still apply. ``routers``: where those handlers live (this module's and the
+    manifest's)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routers: Sequence[APIRouter] = (router,)) -> None:
         self.app = app
         wanted = {f"{m} {PREFIX}{path}" for m, path in (item.split(" ", 1) for item in FAST)}
         self.routes: dict[tuple[str, str], APIRoute] = {}
-        for route in router.routes:
+        for route in (r for each in routers for r in each.routes):
             if isinstance(route, APIRoute):
                 for method in route.methods or ():
                     if f"{method} {route.path}" in wanted:

@@ -53,13 +53,17 @@ _SECRET = BY_STORE_KIND["vk8s.core.Secret"]
 SOURCE_ANNOTATION = "fleetplane.io/vk8s-source"  # controllers/workload_sections.py
 
 
-def opened_for_site(ctx: ServerContext, tenant: str, manifest: Obj) -> Obj:
-    """The manifest with the sealed ``data`` of its ``workloads`` Secrets opened."""
+def _has_secrets(manifest: Obj) -> bool:
     section = ((manifest.get("spec") or {}).get("sections") or {}).get("workloads")
     objects = section.get("objects") if isinstance(section, dict) else None
-    if not isinstance(objects, list) or not any(
+    return isinstance(objects, list) and any(
         isinstance(o, dict) and o.get("kind") == "Secret" for o in objects
-    ):
+    )
+
+
+def opened_for_site(ctx: ServerContext, tenant: str, manifest: Obj) -> Obj:
+    """The manifest with the sealed ``data`` of its ``workloads`` Secrets opened."""
+    if not _has_secrets(manifest):
         return manifest
     out = copy.deepcopy(manifest)
     for obj in out["spec"]["sections"]["workloads"]["objects"]:
@@ -73,6 +77,8 @@ def opened_for_site(ctx: ServerContext, tenant: str, manifest: Obj) -> Obj:
 
 
 async def _answer(ctx: ServerContext, tenant: str, manifest: Obj) -> JsonResponse:
+    if not _has_secrets(manifest):  # the common case: nothing to open, no trip to a thread
+        return JsonResponse(manifest)
     return JsonResponse(await asyncio.to_thread(opened_for_site, ctx, tenant, manifest))
 
 

@@ -134,3 +134,28 @@ def test_vk8s_namespaces_are_isolated_networks_reached_only_through_services() -
     hits = site.observation().policy_hits
     assert hits["shop/vk8s-network/isolated"] + hits["ops/vk8s-network/isolated"] > 0
     assert hits["shop/vk8s-network/via-service"] > 0 and hits["ops/vk8s-network/same-namespace"] > 0
+
+
+def test_the_site_says_when_its_pull_finishes_so_the_agent_looks_again_then() -> None:
+    """``next_change_in``: the time line's next event (here: the image pulled, the pods
+    started) on the site model; the driver offers it only on the real clock, which is the
+    clock the agent core waits on."""
+    site = make_site(nodes=1, image_sizes=SMALL, pull_bytes_per_s=50e6)  # 100 MB: 2 s
+    driver = SimDriver(site)
+    assert site.next_change_in() is None  # nothing scheduled
+    asyncio.run(driver.apply(manifest(deployment(replicas=1))))
+    due = site.next_change_in()
+    assert due is not None and abs(due - 2.0) < 0.01
+    step(site, 1.5)
+    due = site.next_change_in()
+    assert due is not None and abs(due - 0.5) < 0.01
+    assert driver.next_change_in() is None  # a virtual clock: the agent cannot wait on it
+    step(site, 0.5)
+    pods = site.observation().pods
+    assert site.next_change_in() is None and pods is not None and pods[0]["phase"] == "Running"
+
+    real = SimDriver.for_site("site-real", profile="default")
+    assert real.next_change_in() is None
+    asyncio.run(real.apply(manifest(deployment(replicas=1, image="app:9"))))
+    due = real.next_change_in()
+    assert due is not None and 0 < due <= 31  # 20 MiB to 1.5 GiB at 50 MB/s

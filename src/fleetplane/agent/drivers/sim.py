@@ -146,6 +146,13 @@ class SimSite:
     def latency(self, base_s: float) -> float:
         return base_s * self.faults.slow_factor(self.advance())
 
+    def next_change_in(self) -> float | None:
+        """Seconds until the next scheduled change of the models (a pull done, a pod started,
+        an install step); ``None`` when nothing is scheduled."""
+        now = self.advance()
+        due = self.queue.next_time()
+        return None if due is None else max(0.0, due - now)
+
     # --- models --------------------------------------------------------------------
 
     def reserve(self, cpu_millis: int, memory_bytes: int) -> str | None:
@@ -247,6 +254,16 @@ class SimDriver:
 
     def connected(self) -> bool:
         return self.site.connected()
+
+    def next_change_in(self) -> float | None:
+        """For the agent core: when to look again while items are in progress. Only on the
+        real clock: the agent waits in wall-clock time, which a virtual clock does not follow."""
+        if not isinstance(self.site.clock, RealClock):
+            return None
+        infra = self.site.infra
+        if infra.desired is not None and infra.item().state == "InProgress":
+            return None  # the infrastructure pipeline runs on its own task, not on the time line
+        return self.site.next_change_in()
 
     def inject(self, fault: str, *, duration: float | None = None, **params: Any) -> ActiveFault:
         return self.site.inject(fault, duration=duration, **params)
