@@ -220,3 +220,21 @@ def test_a_report_that_asks_for_no_answer_body_gets_204_and_is_stored(
         assert "status.nodeCount" in r.text
         r = site.put(f"{SITE_API}/site/status", json={"status": {"phase": "Online", "nodeCount": 4}})
         assert r.status_code == 200 and r.json()["status"]["nodeCount"] == 4
+
+
+def test_a_site_connection_survives_a_quiet_spell(agents: dict[str, Agent]) -> None:
+    """One connection per site: a site that answers late (a busy agent) or waits between two
+    calls keeps its connection, instead of paying a TCP + TLS reconnect (uvicorn's default
+    closes a connection after 5 s idle). The client here keeps it as the agent's does."""
+
+    def local_port(r: httpx.Response) -> int:
+        return int(r.extensions["network_stream"].get_extra_info("socket").getsockname()[1])
+
+    with agents["dev"].mtls(keepalive=120.0) as site:
+        first = site.get(f"{SITE_API}/manifest")
+        assert first.status_code in (200, 204), first.text
+        port = local_port(first)
+        time.sleep(6.5)
+        second = site.get(f"{SITE_API}/manifest")
+        assert second.status_code in (200, 204), second.text
+        assert local_port(second) == port

@@ -25,6 +25,13 @@ def server_url(settings: ServerSettings) -> str:
     return f"{'https' if settings.tls else 'http'}://{host}:{settings.port}"
 
 
+# A site keeps one connection and long-polls on it; uvicorn's default (close after 5 s idle)
+# turned every agent that lagged 5 s behind its answers into a TCP + TLS reconnect, and at
+# 10,000 sites such a storm took an eighth of the server's CPU. Longer than the agent's own
+# keep-alive (120 s, client/site.py), so the client, not the server, ends an idle connection.
+KEEP_ALIVE_SECONDS = 130
+
+
 def run_server(settings: ServerSettings, *, banner: bool = True) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +74,7 @@ def run_server(settings: ServerSettings, *, banner: bool = True) -> None:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
             **ssl,
         )
     finally:
