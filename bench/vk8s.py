@@ -194,7 +194,7 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
             compiled.ready.wait(30)
             time.sleep(0.5)
             patch = {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": new}]}}}}
-            workers = {f"sim{i}": pid for i, pid in enumerate(children(sim.pid))}
+            workers = {f"sim{i}": pid for i, pid in enumerate(children(sim.pid))} or {"sim": sim.pid}
             spy = profile({"server": server.proc.pid, **workers}, "bump")
             cpu_sim = sum(cpu_s(pid) for pid in workers.values())
             cpu_bump = cpu_s(server.proc.pid)

@@ -419,7 +419,7 @@ class AgentCore:
         """How long to hold an unreported change of items in progress, because the driver
         finishes them within the settle window of the manifest just taken (0: report now).
         Never the first report, never past the window, never for a driver that cannot tell."""
-        if not self._dirty or self.last_report == 0.0 or not self._in_progress():
+        if self.once or not self._dirty or self.last_report == 0.0 or not self._in_progress():
             return 0.0
         left = self._settle_until - time.monotonic()
         due = self._next_change_in() if left > 0 else None
