@@ -22,7 +22,6 @@ connected sites: 100 -> 87 KB of server memory per site). glibc's own
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -64,13 +63,12 @@ def _gc_thresholds() -> tuple[int, int, int]:
 def _fix_mmap_threshold() -> int | None:
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return None
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-        gnu = getattr(libc, "gnu_get_libc_version", None)
+        process = ctypes.CDLL(None)  # the C library this process already runs on
     except OSError:
         return None
+    mallopt = getattr(process, "mallopt", None)
+    gnu = getattr(process, "gnu_get_libc_version", None)
     if mallopt is None or gnu is None:  # not glibc: its allocator has no such threshold
         return None
     return MMAP_THRESHOLD if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 else None
