@@ -24,16 +24,13 @@ fan-out p99 <= 5x the NATS baseline p99.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +39,7 @@ import httpx
 from bench.common import Report, percentile
 from bench.nats_baseline import nats_fanout
 from bench.procs import children, cpu_s, free_port, profile, rss_kb, stop_process, stop_profile
+from bench.watch import API, FLEET_LABEL, Watcher, applied_report
 
 SECTION = "fanout"
 FULL, QUICK = 1000, 10
@@ -50,8 +48,6 @@ BIG = 10_000
 # and the extrapolated 10,000 run fits this budget on the machine.
 BIG_IF_SMALL_UNDER_S = 120.0
 BIG_BUDGET_S = 1200.0
-API = "/apis/fleetplane.io/v1"
-FLEET_LABEL = "fanout-bench"
 NATS_REPS, NATS_REPS_QUICK = 5, 3
 # A site that asks for its manifest before the compile controller wrote it gets 204 and asks
 # again only with its next heartbeat (agent core): a long heartbeat leaves such sites without
@@ -169,81 +165,6 @@ def bench_fleet(server: Server, token_name: str, virtual_site: str) -> str:
     return token
 
 
-def _applied(site: dict[str, Any]) -> tuple[int, bool]:
-    rep = (site.get("status") or {}).get("manifest") or {}
-    return int(rep.get("generation") or 0), rep.get("state") == "Applied"
-
-
-class Watcher(threading.Thread):
-    """A native-API watch on the bench sites: the arrival time of each site's first report
-    of a generation above its ``before`` generation with state Applied (``sitemanifests``:
-    its first manifest written after ``rv``), and only of an object ``accept`` accepts."""
-
-    def __init__(
-        self,
-        server: Server,
-        rv: str,
-        before: dict[str, int],
-        plural: str = "sites",
-        accept: Callable[[dict[str, Any]], bool] | None = None,
-    ) -> None:
-        super().__init__(daemon=True)
-        self.server, self.rv, self.before, self.plural = server, rv, before, plural
-        self.accept = accept  # when given, only objects it accepts count
-        self.done: dict[str, float] = {}
-        self.first: dict[str, float] = {}  # the first report of a newer generation, any state
-        self.generation: dict[str, int] = {}  # the generation each done site was seen at
-        self.all_done = threading.Event()
-        self.ready = threading.Event()
-        self.error = ""
-        self._client = httpx.Client(
-            base_url=server.url,
-            verify=server.ctx,
-            headers=server.headers,
-            timeout=httpx.Timeout(10, read=None),
-        )
-
-    def run(self) -> None:
-        params = {"watch": "true", "resourceVersion": self.rv, "timeoutSeconds": "600"}
-        if self.plural == "sites":
-            params["labelSelector"] = f"fleet={FLEET_LABEL}"
-        try:
-            with self._client.stream("GET", f"{API}/{self.plural}", params=params) as resp:
-                resp.raise_for_status()
-                self.ready.set()
-                for line in resp.iter_lines():
-                    if not line.strip():
-                        continue
-                    now = time.perf_counter()
-                    event = json.loads(line)
-                    obj = event.get("object") or {}
-                    name = (obj.get("metadata") or {}).get("name")
-                    if name not in self.before or name in self.done:
-                        continue
-                    if self.plural == "sitemanifests":  # any change after rv is the compile
-                        generation, applied = int(obj["metadata"].get("generation") or 0), True
-                    else:
-                        generation, applied = _applied(obj)
-                        if generation > self.before[name]:
-                            self.first.setdefault(name, now)
-                    if applied and generation > self.before[name]:
-                        if self.accept is not None and not self.accept(obj):
-                            continue
-                        self.done[name] = now
-                        self.generation[name] = generation
-                        if len(self.done) == len(self.before):
-                            self.all_done.set()
-                            return
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            if not self.all_done.is_set():
-                self.error = str(exc)
-        finally:
-            self.ready.set()
-
-    def close(self) -> None:
-        self._client.close()
-
-
 def start_simulator(
     server: Server, root: Path, n: int, processes: int, token: str, heartbeat: int
 ) -> subprocess.Popen[bytes]:
@@ -300,7 +221,7 @@ def wait_onboarded(
             raise RuntimeError(f"simulator exited with {sim.returncode}: {_tail(root / 'sim.log')}")
         # The simulator's own progress lines, not a list of N sites every second:
         # at 10,000 sites that list alone kept the server busy.
-        applied = _sim_applied(root / "sim.log", processes)
+        applied = _simapplied(root / "sim.log", processes)
         if applied == n:
             break
         if applied != last:
@@ -336,7 +257,7 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
             rss_connected = rss_kb(server.proc.pid)
 
             items, rv = server.sites()
-            before = {s["metadata"]["name"]: _applied(s)[0] for s in items if _applied(s)[1]}
+            before = {s["metadata"]["name"]: applied_report(s)[0] for s in items if applied_report(s)[1]}
             missing = n - len(before)
             sim_errors = _errors(root / "sim.log") if missing else []
             watcher = Watcher(server, rv, before)
@@ -418,7 +339,7 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
 _PROGRESS = re.compile(r"^simulator(\[\d+\])?: .*?(\d+) manifest Applied", re.M)
 
 
-def _sim_applied(path: Path, processes: int) -> int:
+def _simapplied(path: Path, processes: int) -> int:
     """Sites with their manifest Applied, from each simulator worker's latest progress line."""
     latest: dict[str, int] = {}
     for worker, count in _PROGRESS.findall(_tail(path, 20_000 * processes)):

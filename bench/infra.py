@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Report
-from bench.fanout import API, Server
+from bench.fanout import Server
 from bench.procs import stop_process
+from bench.watch import API
 from fleetplane.agent.drivers.simmodel.baremetal import Timings
 from fleetplane.client import Client, Connection
 from fleetplane.client.artifacts import upload_artifact

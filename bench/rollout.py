@@ -46,14 +46,7 @@ from typing import Any
 import orjson
 
 from bench.common import Report
-from bench.fanout import (
-    API,
-    Server,
-    Watcher,
-    bench_fleet,
-    start_simulator,
-    wait_onboarded,
-)
+from bench.fanout import Server, bench_fleet, start_simulator, wait_onboarded
 from bench.procs import cpu_s, stop_process
 from bench.rollout_engine import (
     OVERHEAD_TARGET_S,
@@ -63,6 +56,7 @@ from bench.rollout_engine import (
     engine_overhead_figures,
     patch100_figures,
 )
+from bench.watch import API, Watcher
 from fleetplane.agent.drivers.simmodel.profile import PROFILES
 from fleetplane.kinds.rollout import rollout_name
 

@@ -43,8 +43,9 @@ from typing import Any
 import yaml
 
 from bench.common import Report, percentile
-from bench.fanout import Server, Watcher, _applied, bench_fleet, start_simulator, wait_onboarded
+from bench.fanout import Server, bench_fleet, start_simulator, wait_onboarded
 from bench.procs import children, cpu_s, profile, stop_process, stop_profile
+from bench.watch import Watcher, applied_report
 from fleetplane.agent.drivers.simmodel.workloads import default_image_size
 
 SECTION = "vk8s"
@@ -184,7 +185,7 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
 
             # (b) an image bump to every site
             items, rv = server.sites()
-            before = {s["metadata"]["name"]: _applied(s)[0] for s in items if _applied(s)[1]}
+            before = {s["metadata"]["name"]: applied_report(s)[0] for s in items if applied_report(s)[1]}
             watcher = Watcher(server, rv, before)
             # The compile controller's manifest writes, to split the time as bench/fanout.py does.
             compiled = Watcher(server, rv, dict.fromkeys(before, 0), "sitemanifests")
