@@ -38,8 +38,8 @@ import httpx
 
 from bench.common import Report, percentile
 from bench.nats_baseline import nats_fanout
-from bench.procs import children, cpu_s, free_port, profile, rss_kb, stop_process, stop_profile
-from bench.watch import API, FLEET_LABEL, Watcher, applied_report
+from bench.procs import cpu_s, free_port, profile, rss_kb, simulator_processes, stop_process, stop_profile
+from bench.watch import API, FLEET_LABEL, applied_generations, watch_change
 
 SECTION = "fanout"
 FULL, QUICK = 1000, 10
@@ -257,19 +257,14 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
             rss_connected = rss_kb(server.proc.pid)
 
             items, rv = server.sites()
-            before = {s["metadata"]["name"]: applied_report(s)[0] for s in items if applied_report(s)[1]}
+            before = applied_generations(items)
             missing = n - len(before)
             sim_errors = _errors(root / "sim.log") if missing else []
-            watcher = Watcher(server, rv, before)
-            # The compile controller's manifest writes, to split the time: write -> manifest
-            # stored (compile) and manifest stored -> site report (distribution + agent + status).
-            compiled = Watcher(server, rv, dict.fromkeys(before, 0), "sitemanifests")
-            watcher.start()
-            compiled.start()
-            watcher.ready.wait(30)
-            compiled.ready.wait(30)
+            # Write -> manifest stored (compile) and manifest stored -> site report
+            # (distribution + agent + status).
+            watcher, compiled = watch_change(server, rv, before)
             time.sleep(0.5)
-            workers = {f"sim{i}": pid for i, pid in enumerate(children(sim.pid))} or {"sim": sim.pid}
+            workers = simulator_processes(sim.pid)
             spy = profile({"server": server.proc.pid, **workers}, f"fanout{n}")
             cpu0 = cpu_s(server.proc.pid)
             sim0 = sum(cpu_s(pid) for pid in workers.values())

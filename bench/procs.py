@@ -85,3 +85,9 @@ def children(pid: int) -> list[int]:
         if int(text[text.rindex(")") + 2 :].split()[1]) == pid:
             out.append(int(stat.parent.name))
     return out
+
+
+def simulator_processes(pid: int) -> dict[str, int]:
+    """The processes running a ``fleetplane simulate``'s agents: its workers, or itself when it
+    runs them in-process (one process)."""
+    return {f"sim{i}": child for i, child in enumerate(children(pid))} or {"sim": pid}

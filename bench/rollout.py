@@ -56,7 +56,7 @@ from bench.rollout_engine import (
     engine_overhead_figures,
     patch100_figures,
 )
-from bench.watch import API, Watcher
+from bench.watch import API, Watcher, applied_generations, watch_change
 from fleetplane.agent.drivers.simmodel.profile import PROFILES
 from fleetplane.kinds.rollout import rollout_name
 
@@ -122,18 +122,9 @@ def _fleet(sizes: RolloutSizes) -> FleetRun:
             time.sleep(2.0)  # let the last reports settle
 
             items, rv = server.sites()
-            before: dict[str, int] = {}
-            for site in items:
-                report = (site.get("status") or {}).get("manifest") or {}
-                if report.get("state") == "Applied":
-                    before[site["metadata"]["name"]] = int(report.get("generation") or 0)
-            reports = Watcher(server, rv, before)
-            manifests = Watcher(server, rv, dict.fromkeys(before, 0), "sitemanifests", accept=_carries(2))
+            before = applied_generations(items)
+            reports, manifests = watch_change(server, rv, before, accept_manifest=_carries(2))
             watchers = [reports, manifests]
-            for watcher in watchers:
-                watcher.start()
-            for watcher in watchers:
-                watcher.ready.wait(30)
             time.sleep(0.5)
             strategy = {"type": "rolling", "batchSize": batch}
             cpu0 = cpu_s(server.proc.pid)

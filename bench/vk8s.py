@@ -44,8 +44,8 @@ import yaml
 
 from bench.common import Report, percentile
 from bench.fanout import Server, bench_fleet, start_simulator, wait_onboarded
-from bench.procs import children, cpu_s, profile, stop_process, stop_profile
-from bench.watch import Watcher, applied_report
+from bench.procs import cpu_s, profile, simulator_processes, stop_process, stop_profile
+from bench.watch import applied_generations, watch_change
 from fleetplane.agent.drivers.simmodel.workloads import default_image_size
 
 SECTION = "vk8s"
@@ -185,17 +185,11 @@ def measure(n: int, processes: int, lists: int, heartbeat: int, timeout: float) 
 
             # (b) an image bump to every site
             items, rv = server.sites()
-            before = {s["metadata"]["name"]: applied_report(s)[0] for s in items if applied_report(s)[1]}
-            watcher = Watcher(server, rv, before)
-            # The compile controller's manifest writes, to split the time as bench/fanout.py does.
-            compiled = Watcher(server, rv, dict.fromkeys(before, 0), "sitemanifests")
-            watcher.start()
-            compiled.start()
-            watcher.ready.wait(30)
-            compiled.ready.wait(30)
+            before = applied_generations(items)
+            watcher, compiled = watch_change(server, rv, before)
             time.sleep(0.5)
             patch = {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": new}]}}}}
-            workers = {f"sim{i}": pid for i, pid in enumerate(children(sim.pid))} or {"sim": sim.pid}
+            workers = simulator_processes(sim.pid)
             spy = profile({"server": server.proc.pid, **workers}, "bump")
             cpu_sim = sum(cpu_s(pid) for pid in workers.values())
             cpu_bump = cpu_s(server.proc.pid)

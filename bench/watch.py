@@ -91,3 +91,31 @@ class Watcher(threading.Thread):
 
     def close(self) -> None:
         self._client.close()
+
+
+def applied_generations(sites: list[dict[str, Any]]) -> dict[str, int]:
+    """The sites that report their manifest Applied, with its generation: the ``before`` of a
+    change's watch."""
+    before: dict[str, int] = {}
+    for site in sites:
+        generation, applied = applied_report(site)
+        if applied:
+            before[site["metadata"]["name"]] = generation
+    return before
+
+
+def watch_change(
+    server: Server,
+    rv: str,
+    before: dict[str, int],
+    accept_manifest: Callable[[dict[str, Any]], bool] | None = None,
+) -> tuple[Watcher, Watcher]:
+    """Two listening watches from ``rv``: the sites' reports of a newer generation, and the
+    compile controller's manifest writes (to split write -> stored -> reported)."""
+    reports = Watcher(server, rv, before)
+    manifests = Watcher(server, rv, dict.fromkeys(before, 0), "sitemanifests", accept=accept_manifest)
+    for watcher in (reports, manifests):
+        watcher.start()
+    for watcher in (reports, manifests):
+        watcher.ready.wait(30)
+    return reports, manifests

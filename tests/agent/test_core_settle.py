@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fleetplane.agent.core import SETTLE_SECONDS
-from fleetplane.agent.drivers.base import ItemStatus, Observation
+from fleetplane.agent.drivers.base import ItemStatus
 from tests.agent.test_core import (
     FakeDriverForCoreTests,
     ScriptedApi,
@@ -50,9 +50,6 @@ class TimedDriverForSettleTests(FakeDriverForCoreTests):
             return None
         left = max(self.done_at.values()) - time.monotonic()
         return left if left > 0 else None
-
-    async def observe(self) -> Observation:
-        return await super().observe()
 
 
 def reports_of(api: ScriptedApi, generation: int) -> list[str]:
