@@ -56,11 +56,13 @@ def stop_process(proc: subprocess.Popen[bytes], group: bool = False) -> None:
 
 def profile(pids: dict[str, int], phase: str) -> list[subprocess.Popen[bytes]]:
     """``FLEETPLANE_BENCH_PYSPY=DIR``: py-spy (on PATH) records each process during a phase, as
-    raw stacks of the thread holding the GIL (what uses the CPU), into ``DIR/<phase>-<name>.txt``."""
+    raw stacks of the thread holding the GIL (what uses the CPU), into ``DIR/<phase>-<name>.txt``,
+    at ``FLEETPLANE_BENCH_PYSPY_RATE`` samples a second (py-spy's default, 100, if unset)."""
     where = os.environ.get("FLEETPLANE_BENCH_PYSPY")
     if not where:
         return []
-    spy = ["py-spy", "record", "--gil", "--threads", "--format", "raw"]
+    rate = os.environ.get("FLEETPLANE_BENCH_PYSPY_RATE", "100")
+    spy = ["py-spy", "record", "--gil", "--threads", "--format", "raw", "--rate", rate]
     return [
         subprocess.Popen([*spy, "--pid", str(pid), "-o", f"{where}/{phase}-{name}.txt"])
         for name, pid in pids.items()

@@ -47,7 +47,7 @@ import orjson
 
 from bench.common import Report
 from bench.fanout import Server, bench_fleet, start_simulator, wait_onboarded
-from bench.procs import cpu_s, stop_process
+from bench.procs import cpu_s, profile, simulator_processes, stop_process, stop_profile
 from bench.rollout_engine import (
     OVERHEAD_TARGET_S,
     SECTION,
@@ -127,6 +127,7 @@ def _fleet(sizes: RolloutSizes) -> FleetRun:
             watchers = [reports, manifests]
             time.sleep(0.5)
             strategy = {"type": "rolling", "batchSize": batch}
+            spy = profile({"server": server.proc.pid, **simulator_processes(sim.pid)}, f"rollout{n}")
             cpu0 = cpu_s(server.proc.pid)
             wall0 = time.time()
             t0 = time.perf_counter()
@@ -143,6 +144,7 @@ def _fleet(sizes: RolloutSizes) -> FleetRun:
                 raise RuntimeError(f"the reservation is at generation {generation}, expected 2")
             finished = reports.all_done.wait(sizes.fleet_timeout_s)
             cpu1 = cpu_s(server.proc.pid)
+            stop_profile(spy)
             manifests.all_done.wait(5)
             rollout = _rollout_when_stopped(server, rollout_name("ResourceReservation", RESERVATION, 2))
             if not finished:

@@ -144,13 +144,14 @@ class Running:
     """The compile controller with its own hub (it keeps its own membership: no need for the
     membership controller, whose status writes would only blur the revision checks)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, flush_delay: float = 0.01) -> None:
         self.store = store
+        self.flush_delay = flush_delay
 
     async def __aenter__(self) -> ManifestController:
         self.hub = WatchHub(self.store, poll_interval=0.2)
         await self.hub.start()
-        self.controller = ManifestController(self.store, self.hub, flush_delay=0.01)
+        self.controller = ManifestController(self.store, self.hub, flush_delay=self.flush_delay)
         self.tasks = [asyncio.create_task(self.controller.run())]
         return self.controller
 
@@ -255,6 +256,30 @@ def test_unchanged_recompile_writes_nothing_and_generation_moves_only_on_change(
             # A real change bumps the generation by one.
             await write(store, "update", "acme", reservation("r", ["prod"], "2", "1Gi"))
             await converges(lambda: (manifest(store, "s1") or {})["metadata"]["generation"], 3)
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_change_after_a_quiet_spell_goes_out_at_once_and_a_burst_coalesces(store: Store) -> None:
+    """A rollout wave waits on its manifests: the first change after a quiet spell is not
+    held for the coalescing delay; changes that follow within it share one write."""
+    store.create("acme", site("s1", env="prod"))
+    store.create("acme", virtual_site("prod", "env=prod"))
+    delay = 3.0
+
+    async def scenario() -> None:
+        async with Running(store, flush_delay=delay):
+            await converges(lambda: manifest(store, "s1") is not None, True)
+            await asyncio.sleep(delay)  # quiet
+            await write(store, "create", "acme", reservation("a", ["prod"], "1", "1Gi"))
+            took = await converges(lambda: section(store, "s1"), res(1000, GI, "shop/a"))
+            assert took < delay / 2, f"the first change waited {took:.2f} s"
+            generation = (manifest(store, "s1") or {})["metadata"]["generation"]
+            # Two more at once, right after that write: one manifest write for both.
+            await write(store, "create", "acme", reservation("b", ["prod"], "1", "0"))
+            await write(store, "create", "acme", reservation("c", ["prod"], "1", "0"))
+            await converges(lambda: section(store, "s1"), res(3000, GI, "shop/a", "shop/b", "shop/c"))
+            assert (manifest(store, "s1") or {})["metadata"]["generation"] == generation + 1
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
 

@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import httpx
 
 from fleetplane.client.http import Client, decode_response, resource_path
-from fleetplane.client.site import SITE_API, AsyncSiteClient
+from fleetplane.client.site import SITE_API, AsyncSiteClient, SiteResponse
 from fleetplane.core.errors import ApiError
 
 CHUNK = 1 << 20
@@ -133,20 +134,19 @@ async def fetch_artifact(
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     held = offset
     try:
-        async with client.http.stream(
+        async with client.stream(
             "GET", f"{SITE_API}/artifacts/{sha256}", headers=headers, timeout=timeout
         ) as resp:
-            if resp.status_code >= 400:
-                await resp.aread()
-                decode_response(resp)
-            if resp.status_code == 200:
+            if resp.status >= 400:
+                decode_response(SiteResponse(resp.status, resp.headers, await resp.read()))
+            if resp.status == 200:
                 sink.seek(0)
                 sink.truncate()
                 held = 0
-            async for chunk in resp.aiter_bytes(CHUNK):
+            async for chunk in resp.content.iter_chunked(CHUNK):
                 sink.write(chunk)
                 held += len(chunk)
-    except httpx.TransportError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         sink.flush()
         raise ApiError(0, "ConnectionError", f"downloading {sha256[:12]} was cut off: {exc!r}") from exc
     sink.flush()

@@ -12,7 +12,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import httpx
 import orjson
@@ -87,7 +87,19 @@ def resource_path(plural: str, namespace: str | None = None, name: str | None = 
     return path
 
 
-def decode_response(resp: httpx.Response) -> Any:
+class Answer(Protocol):
+    """What :func:`decode_response` reads: an ``httpx.Response`` or a ``SiteResponse``."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def content(self) -> bytes: ...
+    @property
+    def text(self) -> str: ...
+    def json(self) -> Any: ...
+
+
+def decode_response(resp: Answer) -> Any:
     """The body of a successful answer; a ``Status`` answer raised as ``ApiError``."""
     try:
         data = resp.json() if resp.content else None

@@ -380,9 +380,15 @@ class ManifestController:
                 self._wake.set()
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_flush = -self.flush_delay
         while True:
             await self._wake.wait()
-            await asyncio.sleep(self.flush_delay)  # coalesce a burst of changes into one write per site
+            # The first change after a quiet spell is written at once (a rollout wave's step
+            # waits on it); changes within flush_delay of a write coalesce into the next one.
+            # sleep(0) still lets the watch task take every event of the same commit first.
+            await asyncio.sleep(max(0.0, last_flush + self.flush_delay - loop.time()))
+            last_flush = loop.time()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             plan = [change for key in sorted(dirty) if (change := self._plan(key)) is not None]
