@@ -326,6 +326,7 @@ def fleetplane_fanout(n: int, processes: int, timeout: float, heartbeat: int = H
         # competes with the server's for the same cores.
         "sim_cpu_fanout_s": sim1 - sim0,
         "manifest_bytes": manifest_bytes,
+        "site_writes": watcher.events,
         "total_s": time.perf_counter() - t_start,
     }
 
@@ -410,6 +411,13 @@ def _add_size(report: Report, n: int, fp: dict[str, Any], nats: dict[str, Any] |
         f"N = {n:,}: manifest stored to site Applied, p99",
         percentile(after, 99),
         "ms",
+    )
+    report.add(
+        SECTION,
+        f"{tag}.site_writes_per_site",
+        f"N = {n:,}: Site writes until the last Applied, per site (reports, heartbeats)",
+        fp["site_writes"] / fp["connected"],
+        "writes",
     )
     per_site_kb = (fp["rss_connected_kb"] - fp["rss_before_kb"]) / fp["connected"]
     report.add(

@@ -15,8 +15,11 @@ install times.
   Applied report arriving on the watch (so it includes the long-poll wake-up, HTTP/TLS, the
   agent's apply and report and the server's status write), summed over the waves; the
   control-plane overhead is total minus that (target <= 2 s). A second overhead figure
-  subtracts only the profile's apply latency x waves (the strictest reading of "the sites'
-  own work"). At the end the Rollout's status must say Completed with 10 waves.
+  subtracts only what the sim models as the site's own time, per wave: the profile's apply
+  latency (``apply_latency_s``, 50 ms) and the observation the agent makes before it reports
+  (``observe_latency_s``, 10 ms): the strict reading of "the sites' own work" (same target).
+  A third, for comparison with earlier runs, subtracts the apply latency alone. At the end
+  the Rollout's status must say Completed with 10 waves.
 * engine-only overhead (in-process, not a fleet): ``sites`` sites, rolling in batches
   of ``batch``, install time 0, driving the pure engine (``controllers.rollout.step``)
   with real SQLite writes (synchronous=FULL): build the observations and ``step``; write the
@@ -101,6 +104,7 @@ class FleetRun:
     completed_s: float | None  # write -> the Rollout's phaseSince of Completed (server clock)
     server_cpu_s: float
     apply_latency_s: float
+    observe_latency_s: float
 
 
 def _fleet(sizes: RolloutSizes) -> FleetRun:
@@ -203,6 +207,7 @@ def _fleet(sizes: RolloutSizes) -> FleetRun:
         completed_s=completed,
         server_cpu_s=cpu1 - cpu0,
         apply_latency_s=PROFILES["default"].apply_latency_s,
+        observe_latency_s=PROFILES["default"].observe_latency_s,
     )
 
 
@@ -243,7 +248,6 @@ def _fleet_figures(report: Report, sizes: RolloutSizes) -> None:
     waves = run.waves
     what = f"{run.sites:,} sim sites, rolling {batch}/wave"
     sites_work = sum(w["slowest_site_work_s"] for w in waves)
-    floor = run.apply_latency_s * len(waves)
     report.add(SECTION, f"{key}.sites", f"fleet: {what}: sites connected and Applied", run.sites, "sites")
     report.add(
         SECTION, f"{key}.onboard_s", "  onboarding until all Applied (untimed setup)", run.onboard_s, "s"
@@ -267,13 +271,23 @@ def _fleet_figures(report: Report, sizes: RolloutSizes) -> None:
         "s",
         target=OVERHEAD_TARGET_S,
     )
+    modelled = run.apply_latency_s + run.observe_latency_s
+    report.add(
+        SECTION,
+        f"{key}.overhead_vs_modelled_s",
+        f"  overhead = total - modelled site time x waves ((apply {run.apply_latency_s * 1000:.0f} + "
+        f"observe {run.observe_latency_s * 1000:.0f} ms) x {len(waves)})",
+        run.total_s - modelled * len(waves),
+        "s",
+        target=OVERHEAD_TARGET_S,
+    )
     report.add(
         SECTION,
         f"{key}.overhead_vs_apply_latency_s",
-        f"  overhead = total - apply latency x waves ({run.apply_latency_s * 1000:.0f} ms x {len(waves)})",
-        run.total_s - floor,
+        f"  overhead = total - apply latency alone x waves "
+        f"({run.apply_latency_s * 1000:.0f} ms x {len(waves)})",
+        run.total_s - run.apply_latency_s * len(waves),
         "s",
-        target=OVERHEAD_TARGET_S,
     )
     report.add(
         SECTION,

@@ -42,6 +42,7 @@ class Watcher(threading.Thread):
         self.done: dict[str, float] = {}
         self.first: dict[str, float] = {}  # the first report of a newer generation, any state
         self.generation: dict[str, int] = {}  # the generation each done site was seen at
+        self.events = 0  # every event until all are done (site writes: reports and heartbeats)
         self.all_done = threading.Event()
         self.ready = threading.Event()
         self.error = ""
@@ -64,6 +65,7 @@ class Watcher(threading.Thread):
                     if not line.strip():
                         continue
                     now = time.perf_counter()
+                    self.events += 1
                     event = json.loads(line)
                     obj = event.get("object") or {}
                     name = (obj.get("metadata") or {}).get("name")

@@ -105,6 +105,31 @@ def test_a_rolling_rollout_stops_at_its_budget_and_undo_sends_the_previous_revis
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
+def test_a_new_revision_hands_out_its_first_wave_without_waiting_for_a_pause(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator's change waits on nobody's coalescing: after a quiet spell the history
+    controller writes the new revision at once, and the new Rollout takes its first step
+    as soon as it exists, not after the pause between rounds (3 s here)."""
+    monkeypatch.setattr("fleetplane.controllers.history.COALESCE_S", 3.0)
+    store.create(TENANT, vs("prod", "env=prod"))
+    store.create(TENANT, reservation("1"))
+    fleet = FakeFleet(store, SITES)
+
+    async def scenario() -> None:
+        async with Controllers(store, fleet, pause=3.0):
+            await until(lambda: revisions(store) == [1] * 6)
+            await asyncio.sleep(3.0)  # quiet: every controller has paused and written
+            started = time.monotonic()
+            await asyncio.to_thread(update, store, reservation("2", {"batchSize": 2}))
+            await until(lambda: revisions(store)[:2] == [2, 2], timeout=10)
+            took = time.monotonic() - started
+            assert took < 1.5, f"the first wave went out after {took:.2f} s"
+            assert revisions(store)[2:] == [1, 1, 1, 1]  # the strategy holds the rest back
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
 def test_a_newer_revision_supersedes_a_running_rollout(store: Store) -> None:
     store.create(TENANT, vs("prod", "env=prod"))
     canary = {"type": "canary", "canary": {"sites": ["s0"], "promotion": "manual"}}

@@ -69,9 +69,15 @@ class Controllers:
     """Compile, history and rollout controllers (and optionally the fake fleet) on one hub."""
 
     def __init__(
-        self, store: Store, fleet: FakeFleet | None = None, clock: Any = None, keep: int | None = None
+        self,
+        store: Store,
+        fleet: FakeFleet | None = None,
+        clock: Any = None,
+        keep: int | None = None,
+        pause: float = 0.05,
     ) -> None:
         self.store, self.fleet, self.clock, self.keep = store, fleet, clock, keep
+        self.pause = pause  # the rollout controller's pause between rounds (min_pause = interval)
 
     async def __aenter__(self) -> Controllers:
         self.hub = WatchHub(self.store, poll_interval=0.2)
@@ -81,7 +87,9 @@ class Controllers:
         kw: dict[str, Any] = {"clock": self.clock} if self.clock is not None else {}
         if self.keep is not None:
             kw["keep"] = self.keep
-        self.rollouts = RolloutController(self.store, self.hub, interval=0.05, **kw)
+        self.rollouts = RolloutController(
+            self.store, self.hub, interval=self.pause, min_pause=self.pause, **kw
+        )
         runs = [self.manifests.run(), self.history.run(), self.rollouts.run()]
         if self.fleet is not None:
             runs.append(self.fleet.run())

@@ -32,6 +32,7 @@ from fleetplane.kinds import INTENT_REVISION, ROLLOUT
 from fleetplane.kinds.history import MAX_REVISIONS, revision_name
 
 log = logging.getLogger(__name__)
+COALESCE_S = 0.02  # changes to one intent within this of a write share the next one
 Intent = tuple[str, str, str, str]  # tenant, kind, namespace, name
 
 
@@ -114,9 +115,14 @@ class HistoryController:
                 self._wake.set()
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_flush = -COALESCE_S
         while True:
             await self._wake.wait()
-            await asyncio.sleep(0.02)  # coalesce a burst of changes
+            # The first change after a quiet spell is written at once (a rollout's first wave
+            # waits on its revision); changes within COALESCE_S of a write share the next one.
+            await asyncio.sleep(max(0.0, last_flush + COALESCE_S - loop.time()))
+            last_flush = loop.time()
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             for intent in sorted(dirty):

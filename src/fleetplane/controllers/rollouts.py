@@ -134,6 +134,10 @@ class RolloutController:
                 self._heard(ev.tenant, ev.name)
             if ev.kind == ROLLOUT.kind and (intent := self._intent_of_event(ev.tenant, ev.object)):
                 intents = {*intents, intent}
+            if ev.type is EventType.ADDED and ev.kind in (ROLLOUT.kind, INTENT_REVISION.kind):
+                # A new revision's Rollout takes its first step (hands out its first wave)
+                # without the coalescing pause: the operator's change waits on it.
+                self._urgent.set()
             if tenants or intents:
                 self._tenants |= tenants
                 self._intents |= intents
