@@ -116,19 +116,20 @@ class HistoryController:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        last_flush = -COALESCE_S
+        last_write = -COALESCE_S
         while True:
             await self._wake.wait()
             # The first change after a quiet spell is written at once (a rollout's first wave
             # waits on its revision); changes within COALESCE_S of a write share the next one.
-            await asyncio.sleep(max(0.0, last_flush + COALESCE_S - loop.time()))
-            last_flush = loop.time()
+            # Only writes count: the echo of our own writes finds nothing to do.
+            await asyncio.sleep(max(0.0, last_write + COALESCE_S - loop.time()))
             self._wake.clear()
             dirty, self._dirty = self._dirty, set()
             for intent in sorted(dirty):
                 plan = self._plan(intent)
                 if plan is None:
                     continue
+                last_write = loop.time()
                 try:
                     await asyncio.to_thread(self._write, intent, *plan)
                 except Exception as exc:
