@@ -87,6 +87,16 @@ def test_generator_rate_and_determinism() -> None:
     assert [other.flows_in_second(k) for k in range(10)] != [a.flows_in_second(k) for k in range(10)]
 
 
+def test_flows_nobody_evaluates_are_counted_as_if_drawn() -> None:
+    """Without a policy the model counts a second's flows without drawing them; the count is
+    the one drawing them gives, however the model is advanced."""
+    lazy = TrafficModel("seed", 0.25, rate=3.7)
+    for now in (0.5, 1.3, 1.9, 7.25, 7.26, 40.0, 41.5):
+        lazy.advance(now)
+    drawn = sum(len(lazy.flows_in_second(k)) for k in range(41))  # seconds ending by 41.25
+    assert lazy.generated == drawn == 151
+
+
 def test_cidr_endpoints_draw_addresses_inside() -> None:
     model = TrafficModel("s", 0.0, rate=20, catalogue=[Endpoint("ingress", "10.1.0.0/16", "tcp", 443)])
     flows = [f for k in range(5) for f in model.flows_in_second(k)]
