@@ -85,6 +85,22 @@ def test_changed_sites_are_those_whose_hand_out_moved() -> None:
     assert changed_sites(None, new) == ({"a", "b"}, False)
 
 
+def test_reading_a_status_again_reuses_the_unchanged_site_records() -> None:
+    """A progress write carries every site's record; re-reading it keeps the records that did
+    not change (same objects), parses the rest, and gives what a fresh parse gives."""
+    first = state(2, handed=("a", "b")).to_dict()
+    first["sites"]["c"] = SiteRecord(wave=1).to_dict()
+    old = RolloutState.from_dict(first)
+    second = {**first, "sites": {**first["sites"], "c": SiteRecord(wave=1, handedAt=5.0).to_dict()}}
+    second["sites"].pop("b")
+    second["sites"]["d"] = SiteRecord(wave=1, handedAt=6.0).to_dict()
+    new = RolloutState.from_dict(second, (first["sites"], old))
+    assert new == RolloutState.from_dict(second)
+    assert new.sites["a"] is old.sites["a"]  # unchanged: the same record
+    assert new.sites["c"] is not old.sites["c"] and new.sites["c"].handedAt == 5.0
+    assert changed_sites(old, new) == ({"b", "c", "d"}, False)
+
+
 def ev(kind: str, obj: Obj, kind_type: EventType = EventType.MODIFIED) -> Event:
     m = obj["metadata"]
     return Event(1, kind_type, "t", kind, m.get("namespace") or "", m["name"], obj)

@@ -110,7 +110,9 @@ class IntentRevisions:
 def changed_sites(old: RolloutState | None, new: RolloutState | None) -> tuple[set[str], bool]:
     """The sites whose ``holds_new`` differs between two states of one rollout, and whether
     the answer for sites the state does not list (joiners: ``Completed``) changed too."""
-    sites = set(old.sites if old else ()) | set(new.sites if new else ())
+    a, b = (old.sites if old else {}), (new.sites if new else {})
+    # A record shared by both states (RolloutState.from_dict's reuse) holds the same answer.
+    sites = {s for s in a.keys() | b.keys() if a.get(s) is not b.get(s)}
     diff = {
         s for s in sites if (old is not None and holds_new(old, s)) != (new is not None and holds_new(new, s))
     }

@@ -8,6 +8,7 @@ seconds since the epoch as floats, from the clock the engine was given.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -203,7 +204,12 @@ class RolloutState:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RolloutState:
+    def from_dict(
+        cls, data: dict[str, Any], reuse: tuple[Mapping[str, Any], RolloutState] | None = None
+    ) -> RolloutState:
+        """``reuse``: the raw ``sites`` and the state parsed from them last time; a site whose
+        record is unchanged keeps its ``SiteRecord`` (records are never changed in place), so
+        re-reading a status costs what changed, and ``changed_sites`` skips the rest."""
         comparison = data.get("comparison")
         prev = data.get("previousRevision")
         return cls(
@@ -227,7 +233,7 @@ class RolloutState:
             operator=OperatorSeen.from_dict(data.get("operator") or {}),
             counts={**empty_counts(), **(data.get("counts") or {})},
             waves=[WaveRecord.from_dict(w) for w in data.get("waves") or []],
-            sites={name: SiteRecord.from_dict(rec) for name, rec in (data.get("sites") or {}).items()},
+            sites=_site_records(data.get("sites") or {}, reuse),
         )
 
     def clone(self) -> RolloutState:
@@ -242,6 +248,19 @@ class RolloutState:
             waves=[dataclasses.replace(w, sites=list(w.sites), counts=dict(w.counts)) for w in self.waves],
             sites=dict(self.sites),
         )
+
+
+def _site_records(
+    raw: Mapping[str, Any], reuse: tuple[Mapping[str, Any], RolloutState] | None
+) -> dict[str, SiteRecord]:
+    if reuse is None:
+        return {name: SiteRecord.from_dict(rec) for name, rec in raw.items()}
+    old_raw, old = reuse
+    out: dict[str, SiteRecord] = {}
+    for name, rec in raw.items():
+        kept = old.sites.get(name)
+        out[name] = kept if kept is not None and old_raw.get(name) == rec else SiteRecord.from_dict(rec)
+    return out
 
 
 def _float(value: Any) -> float | None:
