@@ -234,7 +234,8 @@ class AsyncSiteClient:
         return self._session
 
     def _limits(self, timeout: float | None) -> aiohttp.ClientTimeout:
-        # Per phase, as before: connecting, and each wait for bytes (a long-poll passes its own).
+        # Per phase: connecting, and each wait for bytes (a long-poll passes its own). No cap
+        # on the whole call: a large artifact download may take longer than any one wait.
         t = self._timeout if timeout is None else timeout
         return aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
 
