@@ -65,8 +65,6 @@ class ManifestState:
         self.sites: dict[SiteKey, dict[str, str]] = {}
         self.intents: dict[str, dict[IntentKey, Obj]] = {kind: {} for kind in sections.kinds}
         self.history: dict[Intent, IntentRevisions] = {}
-        # The raw ``status.sites`` each followed Rollout was last parsed from (its reuse).
-        self._rollout_sites: dict[tuple[Intent, int], Mapping[str, Any]] = {}
         self._targets: dict[Intent, set[VsKey]] = {}
         self._targeted: dict[VsKey, set[Intent]] = {}
         self._targeted_in: dict[str, set[VsKey]] = {}  # tenant -> its targeted virtual sites
@@ -176,8 +174,6 @@ class ManifestState:
 
     def remove_intent(self, kind: str, key: IntentKey) -> set[SiteKey]:
         self.history.pop((kind, key), None)
-        for gone in [k for k in self._rollout_sites if k[0] == (kind, key)]:
-            del self._rollout_sites[gone]
         if self.intents[kind].pop(key, None) is None:
             return set()
         return self._sites_of(self._untarget((kind, key)))
@@ -207,10 +203,10 @@ class ManifestState:
         status = obj.get("status") or {}
         old = hist.rollouts.get(revision)
         # Each progress write carries every site's record: parse only the ones that changed.
-        raw = self._rollout_sites.get((intent, revision))
+        raw = hist.rollout_sites.get(revision)
         reuse = (raw, old) if raw is not None and old is not None else None
         state = RolloutState.from_dict(status, reuse) if "revision" in status else initial_state(revision)
-        self._rollout_sites[(intent, revision)] = status.get("sites") or {}
+        hist.rollout_sites[revision] = status.get("sites") or {}
         hist.rollouts[revision] = state
         sites, unknown = changed_sites(old, state)
         if old is None or unknown:
@@ -221,7 +217,7 @@ class ManifestState:
     def remove_rollout(self, tenant: str, obj: Obj) -> set[SiteKey]:
         found = self._history_of(tenant, obj) if self.follow_rollouts else None
         if found is not None:
-            self._rollout_sites.pop((found[0], found[2]), None)
+            found[1].rollout_sites.pop(found[2], None)
         if found is None or found[1].rollouts.pop(found[2], None) is None:
             return set()
         return self._retarget(found[0])

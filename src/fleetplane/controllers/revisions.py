@@ -17,6 +17,7 @@ revision targets the site. Pure and synchronous; ``controllers/manifests.py`` fe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ class IntentRevisions:
     current: Obj
     specs: dict[int, dict[str, Any]] = field(default_factory=dict)
     rollouts: dict[int, RolloutState] = field(default_factory=dict)
+    # The raw ``status.sites`` each of ``rollouts`` was parsed from (RolloutState.from_dict's reuse).
+    rollout_sites: dict[int, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def uid(self) -> str:
