@@ -42,3 +42,23 @@ def test_a_bad_setting_is_named_and_the_defaults_are_used() -> None:
         assert out.returncode == 0, out.stderr
         assert f"FLEETPLANE_GC_THRESHOLD must be three integers like 700,10,10, not {bad!r}" in out.stderr
         assert out.stdout.startswith("(50000, 20, 100) (50000, 20, 100) True")
+
+
+def _loop_type(**env_values: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "FLEETPLANE_EVENT_LOOP"}
+    env.update(env_values)
+    code = (
+        "import asyncio; from fleetplane.core.process_tuning import run_loop\n"
+        "async def main(): return type(asyncio.get_running_loop()).__module__\n"
+        "print(run_loop(main()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_agents_run_on_uvloop_unless_told_to_use_asyncio() -> None:
+    assert _loop_type() == "uvloop"
+    assert _loop_type(FLEETPLANE_EVENT_LOOP="asyncio").startswith("asyncio")

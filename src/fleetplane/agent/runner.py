@@ -27,6 +27,7 @@ from fleetplane.agent.onboard import (
     onboard,
 )
 from fleetplane.core.errors import ApiError
+from fleetplane.core.process_tuning import run_loop
 
 log = logging.getLogger("fleetplane.agent")
 DRIVERS = ("sim",)
@@ -57,7 +58,7 @@ class Agent:
         ident = onboard(self.config, self.stop)
         if self.stop.is_set():
             return 0
-        return asyncio.run(self.run_core(ident))
+        return run_loop(self.run_core(ident))
 
     async def run_core(self, ident: SavedIdentity) -> int:
         core = AgentCore(

@@ -17,17 +17,27 @@ and fragment. A fixed threshold of 128 KiB keeps them mmapped: only the pages a 
 reads into are resident, and a closed connection's buffer goes back to the system (1,000
 connected sites: 100 -> 87 KB of server memory per site). glibc's own
 ``MALLOC_MMAP_THRESHOLD_`` wins when set; other C libraries are left alone.
+
+**Event loop.** The server runs on uvloop (uvicorn picks it). ``run_loop`` gives the site
+agents (``fleetplane agent``, the simulator's workers) the same: asyncio's own TLS transport is
+pure Python, and py-spy put about a sixth of a 5,000-site simulator worker's CPU in it
+(``asyncio/sslproto.py``). ``FLEETPLANE_EVENT_LOOP=asyncio`` keeps asyncio's (to compare, or
+where uvloop is not installed, which is also what happens without it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import gc
 import logging
 import os
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-__all__ = ["MMAP_THRESHOLD", "SERVICE_THRESHOLDS", "Tuning", "tune_for_service"]
+__all__ = ["MMAP_THRESHOLD", "SERVICE_THRESHOLDS", "Tuning", "loop_kind", "run_loop", "tune_for_service"]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 SERVICE_THRESHOLDS = (50_000, 20, 100)
@@ -81,3 +91,24 @@ def tune_for_service() -> Tuning:
     gc.freeze()
     gc.set_threshold(*thresholds)
     return Tuning(thresholds, _fix_mmap_threshold())
+
+
+def loop_kind() -> str:
+    """``uvloop`` when it is installed and not turned off, else ``asyncio``."""
+    if os.environ.get("FLEETPLANE_EVENT_LOOP", "").lower() == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401  (an optional speed-up: uvicorn[standard] brings it on Linux)
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the event loop ``loop_kind`` names."""
+    if loop_kind() == "uvloop":
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main)
+    return asyncio.run(main)

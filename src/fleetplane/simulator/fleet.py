@@ -35,7 +35,7 @@ from fleetplane.agent.identity import FileSiteKeyStore, ensure_private_dir, read
 from fleetplane.agent.onboard import SavedIdentity, tenant_and_site
 from fleetplane.client import AsyncSiteClient
 from fleetplane.core.errors import ApiError
-from fleetplane.core.process_tuning import tune_for_service
+from fleetplane.core.process_tuning import run_loop, tune_for_service
 from fleetplane.simulator.cities import CITIES, REGIONS, City
 
 log = logging.getLogger("fleetplane.simulator")
@@ -359,7 +359,7 @@ def _worker(config: SimulateConfig, worker: int, workers: int) -> None:
     _setup_logging()
     tune_for_service()
     indices = range(worker, config.sites, workers)
-    asyncio.run(run_process(config, indices, f"[{worker}]"))
+    run_loop(run_process(config, indices, f"[{worker}]"))
 
 
 def _setup_logging(level: int = logging.WARNING) -> None:
@@ -388,7 +388,7 @@ def simulate(config: SimulateConfig) -> int:
     )
     if config.processes <= 1:
         tune_for_service()  # the CLI's process is the simulator's
-        asyncio.run(run_process(config, range(config.sites)))
+        run_loop(run_process(config, range(config.sites)))
         return 0
     ctx = multiprocessing.get_context("spawn")
     procs = [
