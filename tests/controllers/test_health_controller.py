@@ -205,7 +205,7 @@ def test_a_site_report_keeps_the_health(tmp_path: Path, store: Store) -> None:
     # The site may not set its own health; the stored one stays.
     wanted = validated_status("s0", {"softwareVersion": "v2", "health": {**health, "score": 100}})
     assert "health" not in wanted
-    updated = asyncio.run(StatusWriter(ctx).submit("acme", "s0", "a1", wanted))
+    updated = asyncio.run(StatusWriter(ctx).submit("acme", "s0", "a1", wanted)).site
     assert updated["status"]["health"] == health
     assert updated["status"]["softwareVersion"] == "v2"
 

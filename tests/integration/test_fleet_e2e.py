@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.server import ServerProcess
 
@@ -99,6 +101,22 @@ def sites(server: ServerProcess, selector: str = "") -> dict[str, dict[str, Any]
 def manifests(server: ServerProcess) -> dict[str, dict[str, Any]]:
     with server.client() as c:
         return {m["metadata"]["name"]: m for m in c.list_all("sitemanifests")}
+
+
+def site_calls(server: ServerProcess) -> dict[tuple[str, str], float]:
+    """Answered site calls by (method, route), from the server's request metrics."""
+    text = httpx.get(
+        f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.admin_key}"}, verify=server.tls
+    ).text
+    out: dict[tuple[str, str], float] = collections.Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            route = sample.labels.get("route", "")
+            if sample.name == "fleetplane_http_request_duration_seconds_count" and route.startswith(
+                "/site-api"
+            ):
+                out[(sample.labels["method"], route)] += sample.value
+    return dict(out)
 
 
 def applied_everywhere(server: ServerProcess, names: set[str], *, reserved: bool) -> bool | Pending:
@@ -201,6 +219,10 @@ def test_simulated_fleet(server: ServerProcess, tmp_path: Path) -> None:
             assert st["allocatable"]["cpuMillis"] <= capacity - 250
         man_files = list((tmp_path / "sim" / "sites").glob("*/manifest.json"))
         assert len(man_files) == SITES
+        # Each report went out with the long-poll after it, as one call (PUT /site-api/v1/sync).
+        calls = site_calls(server)
+        assert calls.get(("PUT", "/site-api/v1/sync"), 0) >= SITES + len(members), calls
+        assert calls.get(("PUT", "/site-api/v1/site/status"), 0) == 0, calls
 
         # 3. Relabel one member out: its manifest loses the section, it reports the new generation.
         out = sorted(members)[0]

@@ -410,6 +410,25 @@ def test_body_over_limit_is_413_with_content_length(small_server: ServerProcess)
         assert_status(http.get(f"{SITES}/{name}"), 404, "NotFound")
 
 
+def test_a_sites_call_over_the_limit_is_413_too(small_server: ServerProcess) -> None:
+    """The sites' calls are answered in front of the application (``SiteFastPath``), under the
+    same limit: a registration over it is refused before anything is read or stored."""
+    body = json.dumps({"csr": "x" * 3000, "token": "t"}).encode()
+    with make_http(small_server) as http:
+        resp = http.post(
+            "/site-api/v1/registrations", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert_status(resp, 413, "RequestEntityTooLarge")
+        chunked = http.post(
+            "/site-api/v1/registrations",
+            content=iter([body[:1000], body[1000:2000], body[2000:]]),
+            headers={"Content-Type": "application/json"},
+        )
+        assert_status(chunked, 413, "RequestEntityTooLarge")
+        regs = http.get(f"{API}/registrations")
+        assert regs.status_code == 200 and regs.json()["items"] == [], regs.text
+
+
 def test_body_over_limit_is_413_when_chunked(small_server: ServerProcess) -> None:
     raw = padded_site(3000)
 

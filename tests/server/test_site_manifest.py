@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -238,3 +239,78 @@ def test_a_site_connection_survives_a_quiet_spell(agents: dict[str, Agent]) -> N
         second = site.get(f"{SITE_API}/manifest")
         assert second.status_code in (200, 204), second.text
         assert local_port(second) == port
+
+
+def test_sync_stores_the_report_then_long_polls_in_one_call(
+    server: ServerProcess, op: httpx.Client, tmp_path: Path
+) -> None:
+    """``PUT /site-api/v1/sync``: the agent's report and its next long-poll as one call."""
+    agent = onboard(server, op, tmp_path, "mf-sync", labels={"env": "sync"})
+    mine = current(agent)
+    generation = mine["metadata"]["generation"]
+    report = {"status": {"phase": "Online", "nodeCount": 5, "softwareVersion": "sync-1"}}
+    with agent.mtls() as site:
+        # Behind: the report is stored and the current manifest comes back at once.
+        r = site.put(f"{SITE_API}/sync", json=report, params={"after": generation - 1, "waitSeconds": 30})
+        assert r.status_code == 200 and r.json()["metadata"]["name"] == "mf-sync", r.text
+        stored = op.get(f"{API}/sites/mf-sync").json()["status"]
+        assert stored["nodeCount"] == 5 and stored["softwareVersion"] == "sync-1"
+        # Up to date: stored at once, then 204 after waitSeconds.
+        started = time.monotonic()
+        report["status"]["nodeCount"] = 6
+        r = site.put(f"{SITE_API}/sync", json=report, params={"after": generation, "waitSeconds": 1})
+        assert r.status_code == 204, r.text
+        assert 0.9 < time.monotonic() - started < 3
+        assert op.get(f"{API}/sites/mf-sync").json()["status"]["nodeCount"] == 6
+        # Waiting, and woken by a change to this site's manifest.
+        answer: dict[str, Any] = {}
+
+        def sync() -> None:
+            params = {"after": generation, "waitSeconds": 30}
+            answer["response"] = site.put(f"{SITE_API}/sync", json=report, params=params)
+            answer["at"] = time.monotonic()
+
+        waiter = threading.Thread(target=sync)
+        waiter.start()
+        time.sleep(0.5)
+        assert waiter.is_alive()
+        changed = time.monotonic()
+        r = op.post(
+            f"{API}/namespaces/sync/virtualsites",
+            json={"metadata": {"name": "sync"}, "spec": {"selector": "env=sync"}},
+        )
+        assert r.status_code == 201, r.text
+        spec = {"virtualSites": ["sync"], "cpu": "250m", "memory": "1Gi"}
+        r = op.post(
+            f"{API}/namespaces/sync/resourcereservations", json={"metadata": {"name": "sync"}, "spec": spec}
+        )
+        assert r.status_code == 201, r.text
+        waiter.join(10)
+        got = answer["response"]
+        assert got.status_code == 200, got.text
+        assert got.json()["metadata"]["generation"] > generation
+        assert got.json()["spec"]["sections"]["reservations"]["cpuMillis"] == 250
+        assert answer["at"] - changed < 1.5
+
+
+def test_a_refused_sync_stores_nothing_and_polls_nothing(
+    server: ServerProcess, agents: dict[str, Agent], op: httpx.Client
+) -> None:
+    before = op.get(f"{API}/sites/mf-prod").json()["status"]
+    with agents["prod"].mtls() as site:
+        for body, params, code, words in (
+            ({"status": {"nodeCount": "three"}}, {"after": 1, "waitSeconds": 5}, 422, "status.nodeCount"),
+            ({"status": []}, {"after": 1, "waitSeconds": 5}, 400, "status must be an object"),
+            ({"status": {"phase": "Decommissioned"}}, {}, 403, "cannot decommission itself"),
+            ({"status": {"nodeCount": 1}}, {"after": "x"}, 400, "after must be an integer"),
+            ({"status": {"nodeCount": 1}}, {"waitSeconds": "-1"}, 400, "waitSeconds must not be negative"),
+        ):
+            started = time.monotonic()
+            r = site.put(f"{SITE_API}/sync", json=body, params=params)
+            assert r.status_code == code and r.json()["kind"] == "Status", r.text
+            assert words in r.text
+            assert time.monotonic() - started < 2  # refused at once, never after a wait
+    assert op.get(f"{API}/sites/mf-prod").json()["status"].get("nodeCount") == before.get("nodeCount")
+    with anonymous(server) as anon:
+        r = anon.put(f"{SITE_API}/sync", json={"status": {}})
+        assert r.status_code == 401 and "mutual TLS" in r.text

@@ -14,9 +14,9 @@ import pytest
 from fleetplane.core.errors import ApiError
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
-from fleetplane.kinds import REGISTRY, SITE
+from fleetplane.kinds import REGISTRY, SITE, SITE_MANIFEST
 from fleetplane.server.context import ServerContext, ServerSettings
-from fleetplane.server.site_status import StatusWriter, validated_status
+from fleetplane.server.site_status import StatusWriter, Written, validated_status
 
 
 @pytest.fixture
@@ -43,9 +43,10 @@ def test_concurrent_reports_share_one_commit_and_each_lands(ctx: ServerContext) 
     before = ctx.store.revision()
 
     async def all_reports() -> list[dict[str, Any]]:
-        return await asyncio.gather(
+        written = await asyncio.gather(
             *(writer.submit("acme", f"s{i}", f"a{i}", report(f"v{i}")) for i in range(50))
         )
+        return [w.site for w in written]
 
     results = asyncio.run(all_reports())
     assert writer.batches == 1  # 50 reports, one transaction
@@ -77,7 +78,7 @@ def test_a_refused_report_does_not_sink_its_batch(ctx: ServerContext) -> None:
         )
 
     good, renewed, retired, gone = asyncio.run(reports())
-    assert isinstance(good, dict) and good["status"]["softwareVersion"] == "ok"
+    assert isinstance(good, Written) and good.site["status"]["softwareVersion"] == "ok"
     for refused, why in (
         (renewed, "not the current certificate"),
         (retired, "decommissioned"),
@@ -111,8 +112,8 @@ def test_a_report_carries_its_health_score_so_the_flush_writes_nothing(ctx: Serv
         task = asyncio.create_task(health.run())
         try:
             await asyncio.wait_for(health.synced.wait(), 10)
-            site = await writer.submit("acme", "s1", "a1", report("v1"))
-            again = await writer.submit("acme", "s1", "a1", report("v1"))
+            site = (await writer.submit("acme", "s1", "a1", report("v1"))).site
+            again = (await writer.submit("acme", "s1", "a1", report("v1"))).site
             await asyncio.sleep(0.1)
             await health.flush()
             assert again["status"]["health"] == site["status"]["health"]  # unchanged: kept
@@ -135,5 +136,41 @@ def test_no_health_from_a_replica_that_does_not_write_it(ctx: ServerContext) -> 
 
     add_site(ctx, "s1", "a1")
     ctx.extras["health"] = HealthController(ctx.store, ctx.hub, write=False)
-    site = asyncio.run(StatusWriter(ctx).submit("acme", "s1", "a1", report("v1")))
+    site = asyncio.run(StatusWriter(ctx).submit("acme", "s1", "a1", report("v1"))).site
     assert "health" not in site["status"]
+
+
+def test_a_report_can_bring_back_the_sites_manifest_from_the_same_transaction(ctx: ServerContext) -> None:
+    """``PUT /site-api/v1/sync`` asks for the manifest with the report: no second read."""
+    add_site(ctx, "with", "w1")
+    add_site(ctx, "without", "o1")
+    ctx.store.create(
+        "acme",
+        SITE_MANIFEST.normalize(
+            {
+                "metadata": {"name": "with"},
+                "spec": {"site": "with", "hash": "sha256:" + "1" * 64, "sections": {}},
+            }
+        ),
+    )
+    writer = StatusWriter(ctx)
+
+    async def reports() -> list[Written | BaseException]:
+        return list(
+            await asyncio.gather(
+                writer.submit("acme", "with", "w1", report("a"), with_manifest=True),
+                writer.submit("acme", "without", "o1", report("b"), with_manifest=True),
+                writer.submit("acme", "with", "w1", report("c")),
+                writer.submit("acme", "without", "stale", report("d"), with_manifest=True),
+                return_exceptions=True,
+            )
+        )
+
+    with_manifest, without, plain, refused = asyncio.run(reports())
+    assert isinstance(with_manifest, Written) and with_manifest.manifest is not None
+    assert with_manifest.manifest["spec"]["hash"] == "sha256:" + "1" * 64
+    assert isinstance(without, Written) and without.manifest is None
+    assert without.site["status"]["softwareVersion"] == "b"
+    assert isinstance(plain, Written) and plain.manifest is None  # not asked for
+    assert isinstance(refused, ApiError) and refused.code == 401
+    assert ctx.store.get("acme", "Site", "", "without")["status"]["softwareVersion"] == "b"

@@ -13,7 +13,9 @@ The contract is docs/site-manifest.md ("The agent core"). One :class:`AgentCore`
    30 s), and on reconnect report first, then poll.
 
 One connection per site: the heartbeat goes out between long-polls (the poll waits at most
-until the next heartbeat is due), so a site never holds two connections at once.
+until the next heartbeat is due), so a site never holds two connections at once. A report
+and the long-poll after it go out as one call (``PUT /site-api/v1/sync``) where the server
+has it; else as two.
 The core renews the site certificate when a third of its lifetime is left, and stops with
 :class:`SiteRefused` when the server no longer accepts the site's identity.
 """
@@ -29,7 +31,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -68,8 +70,17 @@ class SiteRefused(Exception):
         self.message = message
 
 
+class _NoSync(Exception):
+    """The combined call is not to be used with this server (after a 404 or a 422)."""
+
+
+ReportAndPoll = Callable[[dict[str, Any], int, float], Awaitable[dict[str, Any] | None]]
+
+
 class SiteApi(Protocol):
-    """The calls the core makes (``AsyncSiteClient``; a fake in unit tests)."""
+    """The calls the core makes (``AsyncSiteClient``; a fake in unit tests). A client that
+    also has ``report_and_poll(status, after, wait_seconds)`` (``ReportAndPoll``; the real
+    one does) gets a report and the long-poll after it as one call."""
 
     async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None: ...
 
@@ -191,6 +202,7 @@ class AgentCore:
         self._settle_until = 0.0  # monotonic: a report of items in progress may wait until then
         self._legacy_status = False  # the server does not know status.manifest & co. yet
         self._no_distribution = False  # the server has no manifest endpoint (404)
+        self._no_sync = False  # the server has no combined report and poll (404), or refused it
         self._not_after = 0.0
         self._renew_at = 0.0
         self._next_renew_check = 0.0
@@ -296,20 +308,29 @@ class AgentCore:
             await self._sleep(hold)
             await self.apply()
             return api
-        if self._dirty or now - self.last_report >= self.heartbeat or self.last_report == 0.0:
-            await self._report(api)
-        if self._no_distribution:
-            await self._sleep(self._until_heartbeat())
-            return api
-        wait = 0 if self.once else self._poll_wait()
-        try:
-            found = await api.manifest(self.generation, wait)
-        except ApiError as exc:
-            if exc.code != 404:
-                raise
-            log.warning("%s: the server has no manifest distribution (404); heartbeats only", self.site)
-            self._no_distribution = True
-            return api
+        report_due = self._dirty or now - self.last_report >= self.heartbeat or self.last_report == 0.0
+        combined = self._report_and_poll_call(api) if report_due else None
+        if combined is not None:
+            # One call: the report, then the long-poll (PUT /site-api/v1/sync).
+            try:
+                found = await self._report_and_poll(combined)
+            except _NoSync:
+                return api  # the next round reports and polls in two calls
+        else:
+            if report_due:
+                await self._report(api)
+            if self._no_distribution:
+                await self._sleep(self._until_heartbeat())
+                return api
+            wait = 0 if self.once else self._poll_wait()
+            try:
+                found = await api.manifest(self.generation, wait)
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+                log.warning("%s: the server has no manifest distribution (404); heartbeats only", self.site)
+                self._no_distribution = True
+                return api
         self._reconnected()
         if found is None and self.generation == 0 and not self.once:
             # after=0 answers at once (no long-poll) while the site has no manifest yet:
@@ -363,6 +384,31 @@ class AgentCore:
         self.reports += 1
         self._dirty = False
 
+    def _report_and_poll_call(self, api: SiteApi) -> ReportAndPoll | None:
+        """The client's combined call, when this server has it and the round may use it."""
+        if self._no_sync or self._legacy_status or self._no_distribution or self.once:
+            return None
+        call = getattr(api, "report_and_poll", None)
+        return call if callable(call) else None
+
+    async def _report_and_poll(self, call: ReportAndPoll) -> dict[str, Any] | None:
+        status = await self.status()
+        reported_at = time.monotonic()
+        try:
+            found = await call(status, self.generation, self._poll_wait(reported_at))
+        except ApiError as exc:
+            if exc.code not in (404, 422):
+                raise
+            # 404: a server that predates the combined call; 422: one that refuses part of
+            # this status (version skew), which the separate report knows how to handle.
+            log.info("%s: no combined report and poll (%d); using two calls", self.site, exc.code)
+            self._no_sync = True
+            raise _NoSync() from None
+        self.last_report = reported_at
+        self.reports += 1
+        self._dirty = False
+        return found
+
     def _reconnected(self) -> None:
         if not self.connected:
             if self.backoff.attempt:
@@ -399,8 +445,9 @@ class AgentCore:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), timeout=max(seconds, 0.0))
 
-    def _until_heartbeat(self) -> float:
-        return max(0.0, self.last_report + self.heartbeat - time.monotonic())
+    def _until_heartbeat(self, reported_at: float | None = None) -> float:
+        last = self.last_report if reported_at is None else reported_at
+        return max(0.0, last + self.heartbeat - time.monotonic())
 
     def _in_progress(self) -> bool:
         # Any item in progress (also beside a failed one, when the state reads Failed).
@@ -427,15 +474,17 @@ class AgentCore:
             return 0.0
         return max(due, MIN_RECHECK_SECONDS)
 
-    def _poll_wait(self) -> float:
+    def _poll_wait(self, reported_at: float | None = None) -> float:
+        """How long a long-poll may wait; ``reported_at``: a report going out with it."""
+        until_heartbeat = self._until_heartbeat(reported_at)
         if self._in_progress():
             due = self._next_change_in()
             if due is not None:
                 # Re-apply when the driver's state changes, not on a fixed beat.
-                cap = min(MAX_DRIVER_RECHECK_SECONDS, self._until_heartbeat())
+                cap = min(MAX_DRIVER_RECHECK_SECONDS, until_heartbeat)
                 return round(max(MIN_RECHECK_SECONDS, min(due, cap)), 3)
-            return max(1, math.ceil(min(APPLYING_RECHECK_SECONDS, self._until_heartbeat())))
-        return min(MAX_WAIT_SECONDS, max(1, math.ceil(self._until_heartbeat())))
+            return max(1, math.ceil(min(APPLYING_RECHECK_SECONDS, until_heartbeat)))
+        return min(MAX_WAIT_SECONDS, max(1, math.ceil(until_heartbeat)))
 
     # -- certificate --------------------------------------------------------------------------
 

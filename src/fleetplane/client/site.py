@@ -360,6 +360,24 @@ class AsyncSiteClient:
         result = await self.request("POST", f"{SITE_API}/site/certificate", body={"csr": csr_pem.decode()})
         return str(result["certificate"]).encode()
 
+    async def report_and_poll(
+        self, status: dict[str, Any], after: int, wait_seconds: float
+    ) -> dict[str, Any] | None:
+        """``PUT /site-api/v1/sync``: report the status, then long-poll as :meth:`manifest` does,
+        in one call (one request per change instead of two). A server without it answers 404
+        (``ApiError``), and then the two calls do the same."""
+        resp = await self.send(
+            "PUT",
+            f"{SITE_API}/sync",
+            body={"status": status},
+            params={"after": after, "waitSeconds": wait_seconds},
+            timeout=wait_seconds + 30.0,
+        )
+        if resp.status_code == 204:
+            return None
+        result: dict[str, Any] = decode_response(resp)
+        return result
+
     async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None:
         """The site's ``SiteManifest`` once its generation is above ``after``; ``None`` when
         ``wait_seconds`` passed without one (204)."""

@@ -80,6 +80,25 @@ class BodyLimit:
         await self.app(scope, counting, send)
 
 
+class FleetplaneApp(FastAPI):
+    """The FastAPI application with the sites' hot calls in front of it (``SiteFastPath``):
+    those are answered through the request metrics and the body limit alone, never through
+    FastAPI's own layers (error and telemetry middleware, routing), which cost a quarter of
+    the server's CPU when 10,000 sites took one change. Everything else goes the usual way."""
+
+    site_calls: ASGIApp | None = None  # RequestMetrics(BodyLimit(SiteFastPath)), set by create_app
+    site_routes: site_api.SiteFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.site_routes.route_for(scope) if self.site_routes is not None else None
+        if route is None or self.site_calls is None:
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self  # as Starlette sets it: the handlers find the context through it
+        scope["route"] = route  # the metrics label the call by its template, as routing would
+        await self.site_calls(scope, receive, send)
+
+
 async def _leader_loop(ctx: ServerContext, start: Callable[[], Awaitable[None]]) -> None:
     """Run the controllers only while this replica holds the leadership."""
     while not await asyncio.to_thread(ctx.store.try_lead, "controllers"):
@@ -170,16 +189,18 @@ def create_app(settings: ServerSettings, store: Store | None = None) -> FastAPI:
             if store is None:
                 the_store.close()
 
-    app = FastAPI(
+    app = FleetplaneApp(
         title="fleetplane",
         version=fleetplane.__version__,
         description="Fleet control plane: native resource API (Kubernetes conventions).",
         lifespan=lifespan,
         default_response_class=JsonResponse,
     )
-    app.add_middleware(
-        site_api.SiteFastPath, routers=(site_api.router, site_manifest_api.router)
-    )  # innermost: inside the body limit and metrics
+    app.site_routes = site_api.SiteFastPath(routers=(site_api.router, site_manifest_api.router))
+    app.site_calls = metrics_api.RequestMetrics(
+        BodyLimit(app.site_routes, limit=settings.max_body_bytes),
+        registry=metrics_api.request_registry(app.state),
+    )
     app.add_middleware(
         BodyLimit,
         limit=settings.max_body_bytes,

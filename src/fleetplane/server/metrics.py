@@ -16,6 +16,7 @@ the same for the tenant's whole fleet plus the counts of each virtual site. See 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -53,19 +54,31 @@ ROLLOUT_STATES = (
 )
 
 
-class RequestMetrics:
-    """ASGI middleware: ``fleetplane_http_request_duration_seconds`` by method, route template
-    (``/apis/fleetplane.io/v1/{plural}/{name}``, never the concrete path) and status code."""
+_HISTOGRAMS: weakref.WeakKeyDictionary[CollectorRegistry, Histogram] = weakref.WeakKeyDictionary()
 
-    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
-        self.histogram = Histogram(
+
+def _request_histogram(registry: CollectorRegistry) -> Histogram:
+    """One histogram per registry, shared by every ``RequestMetrics`` that reports to it (the
+    application's, and the site calls' in front of it: ``server/app.py``)."""
+    histogram = _HISTOGRAMS.get(registry)
+    if histogram is None:
+        histogram = _HISTOGRAMS[registry] = Histogram(
             "fleetplane_http_request_duration_seconds",
             "Time to answer an HTTP request, by method, route template and status code.",
             ("method", "route", "code"),
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+    return histogram
+
+
+class RequestMetrics:
+    """ASGI middleware: ``fleetplane_http_request_duration_seconds`` by method, route template
+    (``/apis/fleetplane.io/v1/{plural}/{name}``, never the concrete path) and status code."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.histogram = _request_histogram(registry)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -15,6 +15,7 @@ import binascii
 import datetime as dt
 import hashlib
 import hmac
+import logging
 import secrets
 import ssl
 import time
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from fleetplane.core.errors import ApiError, Cause, bad_request, forbidden, invalid, unauthorized
 from fleetplane.core.objects import Obj
@@ -56,6 +57,7 @@ MAX_WAIT = 60
 DEFAULT_TENANT = "default"
 RETRIES = 20
 router = APIRouter(prefix=PREFIX)
+log = logging.getLogger("fleetplane.server")
 
 
 def _ctx(request: Request) -> ServerContext:
@@ -315,15 +317,19 @@ async def authenticated_identity(request: Request) -> tuple[ServerContext, str, 
     return ctx, tenant, name, f"{serial:x}"
 
 
-@router.put("/site/status")
-async def put_status(request: Request) -> Response:
-    ctx, tenant, name, serial = await authenticated_identity(request)
-    body = await read_object(request)
+def reported_status(site: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The ``status`` of a site's report (``{"status": {...}}``), validated (400/403/422)."""
     wanted = body.get("status")
     if not isinstance(wanted, dict):
         raise bad_request("status must be an object", [Cause("status", "must be an object")])
-    status = validated_status(name, wanted)
-    site = await status_writer(ctx).submit(tenant, name, serial, status)
+    return validated_status(site, wanted)
+
+
+@router.put("/site/status")
+async def put_status(request: Request) -> Response:
+    ctx, tenant, name, serial = await authenticated_identity(request)
+    status = reported_status(name, await read_object(request))
+    site = (await status_writer(ctx).submit(tenant, name, serial, status)).site
     if "return=minimal" in request.headers.get("prefer", ""):  # RFC 7240: the agent's reports
         return Response(status_code=204, headers={"Preference-Applied": "return=minimal"})
     return JsonResponse(SITE.redact(site))
@@ -371,20 +377,19 @@ async def crl(request: Request, tenant: str) -> Response:
 
 # -- the hot path ---------------------------------------------------------------------------------
 
-FAST = ("POST /registrations", "PUT /site/status", "GET /manifest")
+FAST = ("POST /registrations", "PUT /site/status", "GET /manifest", "PUT /sync")
 
 
 class SiteFastPath:
-    """ASGI middleware: the calls every site makes at onboarding and then for every change and
-    heartbeat (register; report status; long-poll its manifest) go straight to their handlers,
-    past FastAPI's routing, dependency and exception layers (a third of the server's CPU for
-    such a call). The same handler code runs, errors answer as everywhere
-    (``ApiError.to_status``), and the middlewares outside this one (body limit, request
-    metrics) still apply. ``routers``: where those handlers live (this module's and the
-    manifest's)."""
+    """The calls every site makes at onboarding and then for every change and heartbeat
+    (register; report status; long-poll its manifest), answered straight by their handlers,
+    past FastAPI's routing, dependency, exception and middleware layers (together about a
+    third of the server's CPU for such a call). ``server/app.py`` puts this in front of the
+    whole application, with the request metrics and the body limit of its own. The same
+    handler code runs and errors answer as everywhere (``ApiError.to_status``).
+    ``routers``: where those handlers live (this module's and the manifest's)."""
 
-    def __init__(self, app: ASGIApp, routers: Sequence[APIRouter] = (router,)) -> None:
-        self.app = app
+    def __init__(self, routers: Sequence[APIRouter] = (router,)) -> None:
         wanted = {f"{m} {PREFIX}{path}" for m, path in (item.split(" ", 1) for item in FAST)}
         self.routes: dict[tuple[str, str], APIRoute] = {}
         for route in (r for each in routers for r in each.routes):
@@ -393,18 +398,19 @@ class SiteFastPath:
                     if f"{method} {route.path}" in wanted:
                         self.routes[(method, route.path)] = route
 
+    def route_for(self, scope: Scope) -> APIRoute | None:
+        if scope["type"] != "http":
+            return None
+        return self.routes.get((scope.get("method", ""), scope.get("path", "")))
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = (
-            self.routes.get((scope.get("method", ""), scope.get("path", "")))
-            if scope["type"] == "http"
-            else None
-        )
-        if route is None:
-            await self.app(scope, receive, send)
-            return
-        scope["route"] = route  # the metrics label it by its template, as routing would
+        """Answer a call ``route_for`` matched; ``scope["route"]`` names its route."""
         try:
-            response = await route.endpoint(Request(scope, receive))
+            response = await scope["route"].endpoint(Request(scope, receive))
         except ApiError as exc:
             response = JsonResponse(exc.to_status(), status_code=exc.code)
+        except Exception:  # as the application's own handler of the unexpected does
+            log.exception("internal error")
+            err = ApiError(500, "InternalError", "an internal error occurred; see the server log")
+            response = JsonResponse(err.to_status(), status_code=500)
         await response(scope, receive, send)

@@ -1,4 +1,5 @@
-"""``GET /site-api/v1/manifest``: a site long-polls its own compiled manifest (mTLS).
+"""``GET /site-api/v1/manifest``: a site long-polls its own compiled manifest (mTLS);
+``PUT /site-api/v1/sync`` reports its status first, in the same call.
 
 The site is the one its client certificate names (``site_api.authenticated_site``); there is no way
 to name another. The wait subscribes to the watch hub for exactly this site's
@@ -24,13 +25,21 @@ from fastapi.responses import Response
 from fleetplane.core.errors import Cause, bad_request
 from fleetplane.core.objects import Obj
 from fleetplane.core.store import EventType
-from fleetplane.core.watch import WatchFilter
+from fleetplane.core.watch import Subscription, WatchFilter
 from fleetplane.kinds import SITE_MANIFEST
 from fleetplane.kinds.vk8s import BY_STORE_KIND
 from fleetplane.server.context import ServerContext
-from fleetplane.server.requests import JsonResponse
+from fleetplane.server.requests import JsonResponse, read_object
 from fleetplane.server.sealing import unseal
-from fleetplane.server.site_api import MAX_WAIT, PREFIX, authenticated_identity, peer_certificate, site_of
+from fleetplane.server.site_api import (
+    MAX_WAIT,
+    PREFIX,
+    authenticated_identity,
+    peer_certificate,
+    reported_status,
+    site_of,
+)
+from fleetplane.server.site_status import status_writer
 
 router = APIRouter(prefix=PREFIX)
 
@@ -93,37 +102,85 @@ def _admitted_manifest(ctx: ServerContext, der: bytes, tenant: str, name: str) -
     return ctx.store.get_or_none(tenant, SITE_MANIFEST.kind, "", name)
 
 
+def _waits(request: Request) -> tuple[int, float]:
+    """``after`` and ``waitSeconds`` of a long-poll (400 naming the bad one)."""
+    after = int(_number(request, "after", 0, integer=True))
+    return after, min(_number(request, "waitSeconds", 0, integer=False), MAX_WAIT)
+
+
+async def _newer_manifest(
+    ctx: ServerContext,
+    tenant: str,
+    name: str,
+    sub: Subscription,
+    current: Obj | None,
+    after: int,
+    wait: float,
+) -> Response:
+    """Answer with the site's manifest once its generation is above ``after``: ``current``
+    (read after ``sub`` subscribed, so nothing written in between is missed) or the first
+    newer one the hub hands ``sub`` within ``wait`` seconds; 204 without one."""
+    if current is not None and _generation(current) > after:
+        return await _answer(ctx, tenant, current)
+    # A wait holds nothing it does not need: thousands of sites wait at once.
+    del current
+    deadline = time.monotonic() + (wait if after > 0 else 0)
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            ev = await asyncio.wait_for(sub.queue.get(), left)
+        except TimeoutError:
+            break
+        if ev is None:  # the hub stopped or this wait overflowed: answer from the store
+            current = await asyncio.to_thread(ctx.store.get_or_none, tenant, SITE_MANIFEST.kind, "", name)
+            if current is not None and _generation(current) > after:
+                return await _answer(ctx, tenant, current)
+            break
+        if ev.type is not EventType.DELETED and _generation(ev.object) > after:
+            # Several writes may be queued: answer with the newest.
+            newest = ev.object
+            while not sub.queue.empty():
+                more = sub.queue.get_nowait()
+                if more is not None and more.type is not EventType.DELETED:
+                    newest = more.object
+            return await _answer(ctx, tenant, newest)
+    return Response(status_code=204)
+
+
+def _subscribe(ctx: ServerContext, tenant: str, name: str) -> Subscription:
+    return ctx.hub.subscribe(WatchFilter(tenant, (SITE_MANIFEST.kind,), name=name), after=ctx.hub.revision)
+
+
 @router.get("/manifest")
 async def get_manifest(request: Request) -> Response:
     ctx, tenant, name, _ = await authenticated_identity(request)
-    after = int(_number(request, "after", 0, integer=True))
-    wait = min(_number(request, "waitSeconds", 0, integer=False), MAX_WAIT)
-    flt = WatchFilter(tenant, (SITE_MANIFEST.kind,), name=name)
+    after, wait = _waits(request)
     # Subscribe before reading, so a write between the read and the wait is not missed.
-    sub = ctx.hub.subscribe(flt, after=ctx.hub.revision)
+    sub = _subscribe(ctx, tenant, name)
+    der = peer_certificate(request)
+    del request  # not held through the wait (memory per waiting site)
     try:
-        current = await asyncio.to_thread(_admitted_manifest, ctx, peer_certificate(request), tenant, name)
-        if current is not None and _generation(current) > after:
-            return await _answer(ctx, tenant, current)
-        deadline = time.monotonic() + (wait if after > 0 else 0)
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                ev = await asyncio.wait_for(sub.queue.get(), left)
-            except TimeoutError:
-                break
-            if ev is None:  # the hub stopped or this wait overflowed: answer from the store
-                current = await asyncio.to_thread(ctx.store.get_or_none, tenant, SITE_MANIFEST.kind, "", name)
-                if current is not None and _generation(current) > after:
-                    return await _answer(ctx, tenant, current)
-                break
-            if ev.type is not EventType.DELETED and _generation(ev.object) > after:
-                # Several writes may be queued: answer with the newest.
-                newest = ev.object
-                while not sub.queue.empty():
-                    more = sub.queue.get_nowait()
-                    if more is not None and more.type is not EventType.DELETED:
-                        newest = more.object
-                return await _answer(ctx, tenant, newest)
-        return Response(status_code=204)
+        reading = asyncio.to_thread(_admitted_manifest, ctx, der, tenant, name)
+        return await _newer_manifest(ctx, tenant, name, sub, await reading, after, wait)
+    finally:
+        ctx.hub.unsubscribe(sub)
+
+
+@router.put("/sync")
+async def sync(request: Request) -> Response:
+    """A site's report and its next manifest in one round trip: the status is written as by
+    ``PUT /site/status`` (and refused the same way, with nothing polled), then the call
+    long-polls as ``GET /manifest`` does. The agent's every change costs one call, not two."""
+    ctx, tenant, name, serial = await authenticated_identity(request)
+    after, wait = _waits(request)
+    status = reported_status(name, await read_object(request))
+    # The write, not started yet: it runs once awaited, after the subscription below.
+    report = status_writer(ctx).submit(tenant, name, serial, status, with_manifest=True)
+    # Neither the request (its body), the report nor the stored Site is held through the
+    # wait: a waiting site should cost the server its subscription and little else.
+    del request, status
+    sub = _subscribe(ctx, tenant, name)
+    try:
+        # The batch's transaction re-checks the certificate's site and reads its manifest.
+        return await _newer_manifest(ctx, tenant, name, sub, (await report).manifest, after, wait)
     finally:
         ctx.hub.unsubscribe(sub)

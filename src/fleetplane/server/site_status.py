@@ -25,7 +25,7 @@ from fleetplane.core.errors import ApiError, forbidden, invalid, unauthorized
 from fleetplane.core.objects import Obj, now_rfc3339
 from fleetplane.core.registry import causes_from_pydantic
 from fleetplane.core.store import StoreBatch
-from fleetplane.kinds import SITE
+from fleetplane.kinds import SITE, SITE_MANIFEST
 from fleetplane.server.context import ServerContext
 
 MAX_BATCH = 256  # reports per transaction: bounds the write lock's hold and lets batches pipeline
@@ -37,7 +37,17 @@ class _Report:
     site: str
     serial: str
     status: dict[str, Any]
-    done: asyncio.Future[Obj]
+    done: asyncio.Future[Written]
+    with_manifest: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A report once its batch committed: the updated Site, and (when asked for) the site's
+    SiteManifest as the same transaction read it (``None``: the site has none)."""
+
+    site: Obj
+    manifest: Obj | None = None
 
 
 def validated_status(site: str, wanted: dict[str, Any]) -> dict[str, Any]:
@@ -66,11 +76,15 @@ class StatusWriter:
         self.batches = 0  # transactions written (for tests and metrics)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-status")
 
-    async def submit(self, tenant: str, site: str, serial: str, status: dict[str, Any]) -> Obj:
+    async def submit(
+        self, tenant: str, site: str, serial: str, status: dict[str, Any], *, with_manifest: bool = False
+    ) -> Written:
         """Write a validated status for the site whose current certificate has ``serial``;
-        returns the updated Site once its batch committed."""
-        done: asyncio.Future[Obj] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Report(tenant, site, serial, status, done))
+        returns the updated Site once its batch committed, and with ``with_manifest`` the
+        site's manifest read in the same transaction (``PUT /site-api/v1/sync``: no trip to a
+        worker thread of its own to read it)."""
+        done: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Report(tenant, site, serial, status, done, with_manifest))
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="site-status-writer")
@@ -98,8 +112,8 @@ class StatusWriter:
                     else:
                         report.done.set_result(result)
 
-    def _write(self, batch: list[_Report]) -> list[Obj | BaseException]:
-        out: list[Obj | BaseException] = []
+    def _write(self, batch: list[_Report]) -> list[Written | BaseException]:
+        out: list[Written | BaseException] = []
         health = self.ctx.extras.get("health")
         scorer = health if isinstance(health, HealthController) else None
         with self.ctx.store.batch() as tx:
@@ -111,7 +125,7 @@ class StatusWriter:
         return out
 
 
-def _write_one(tx: StoreBatch, report: _Report, scorer: HealthController | None) -> Obj:
+def _write_one(tx: StoreBatch, report: _Report, scorer: HealthController | None) -> Written:
     site = tx.get_or_none(report.tenant, SITE.kind, "", report.site)
     if site is None:
         raise unauthorized(f'Unauthorized: site "{report.site}" no longer exists; its certificate is revoked')
@@ -134,7 +148,10 @@ def _write_one(tx: StoreBatch, report: _Report, scorer: HealthController | None)
     health = scorer.health_with(report.tenant, report.site, status) if scorer is not None else None
     if health is not None:
         status = {**status, "health": health}
-    return tx.update(report.tenant, {**site, "status": status}, part="status")
+    written = tx.update(report.tenant, {**site, "status": status}, part="status")
+    if not report.with_manifest:
+        return Written(written)
+    return Written(written, tx.get_or_none(report.tenant, SITE_MANIFEST.kind, "", report.site))
 
 
 def status_writer(ctx: ServerContext) -> StatusWriter:
