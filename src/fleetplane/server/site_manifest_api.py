@@ -127,7 +127,10 @@ async def _newer_manifest(
     deadline = time.monotonic() + (wait if after > 0 else 0)
     while (left := deadline - time.monotonic()) > 0:
         try:
-            ev = await asyncio.wait_for(sub.queue.get(), left)
+            # Not wait_for: on Python 3.11 it wraps the get in a task of its own, one more
+            # object per waiting site and more work per wake-up.
+            async with asyncio.timeout(left):
+                ev = await sub.queue.get()
         except TimeoutError:
             break
         if ev is None:  # the hub stopped or this wait overflowed: answer from the store
