@@ -16,7 +16,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.selectors import parse_selector
 from fleetplane.core.store import Event, EventType, Store, open_store
 from fleetplane.core.store.postgres import PostgresStore
-from fleetplane.core.watch import ANY_TENANT, Subscription, WatchFilter, WatchHub
+from fleetplane.core.watch import ANY_TENANT, Mailbox, Subscription, WatchFilter, WatchHub
 
 WAIT = 5.0
 
@@ -402,3 +402,39 @@ def test_named_and_unnamed_watchers_both_see_a_write(store: Store) -> None:
         await nothing_more(named, 0.1)
 
     run(scenario, store)
+
+
+def _event(revision: int) -> Event:
+    return Event(revision, EventType.MODIFIED, "t", "Site", "", f"s{revision}", site(f"s{revision}"))
+
+
+def test_a_mailbox_hands_events_over_in_order_to_its_one_consumer() -> None:
+    async def main() -> None:
+        box = Mailbox(maxsize=3)
+        assert box.empty() and box.qsize() == 0
+        with pytest.raises(asyncio.QueueEmpty):
+            box.get_nowait()
+        waiting = asyncio.create_task(box.get())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # nothing yet: it waits
+        box.put_nowait(_event(1))
+        assert (await asyncio.wait_for(waiting, 1)).revision == 1  # type: ignore[union-attr]
+        for rev in (2, 3, 4):
+            box.put_nowait(_event(rev))
+        with pytest.raises(asyncio.QueueFull):
+            box.put_nowait(_event(5))  # past maxsize
+        box.put_nowait(None)  # the end mark always fits
+        assert box.qsize() == 4
+        assert [(await box.get()) for _ in range(4)] == [_event(2), _event(3), _event(4), None]
+        # A cancelled wait leaves the mailbox usable; a second consumer at once is a bug.
+        first = asyncio.create_task(box.get())
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="one consumer"):
+            await box.get()
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        box.put_nowait(_event(6))
+        assert (await asyncio.wait_for(box.get(), 1)) == _event(6)
+
+    asyncio.run(main())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -80,11 +80,58 @@ class WatchOverflow(ApiError):
         super().__init__(500, "InternalError", "watch fell too far behind; resume from the last revision")
 
 
+class Mailbox:
+    """The events waiting for one subscriber: ``asyncio.Queue``'s calls for a single consumer,
+    at a tenth of its size while empty (no deque until the first event, no getter and putter
+    deques, no join event). 10,000 sites each wait on one at once; an ``asyncio.Queue`` was
+    about 3 KB of the server's memory per connected site. ``None`` (the end mark) is always
+    taken; events beyond ``maxsize`` raise ``asyncio.QueueFull``."""
+
+    __slots__ = ("_items", "_waiter", "maxsize")
+
+    def __init__(self, maxsize: int = QUEUE_LIMIT) -> None:
+        self._items: deque[Event | None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.maxsize = maxsize
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Event | None) -> None:
+        if self._items is None:
+            self._items = deque()
+        elif item is not None and len(self._items) >= self.maxsize:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Event | None:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Event | None:
+        while not self._items:
+            if self._waiter is not None:
+                raise RuntimeError("a subscription has one consumer")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 @dataclass(eq=False)
 class Subscription:
     filter: WatchFilter
     after: int
-    queue: asyncio.Queue[Event | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT))
+    queue: Mailbox = field(default_factory=Mailbox)
     overflowed: bool = False
 
     def offer(self, ev: Event) -> None:
