@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from cryptography import x509
 
 import fleetplane
@@ -140,7 +140,7 @@ def load_manifest(data_dir: Path) -> dict[str, Any] | None:
     """The persisted manifest, or ``None`` (none yet, or unreadable: then the server's wins)."""
     path = data_dir / MANIFEST_FILE
     try:
-        doc = json.loads(path.read_bytes())
+        doc = orjson.loads(path.read_bytes())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -351,7 +351,7 @@ class AgentCore:
         return generation_of(found) == self.generation and (found.get("spec") or {}).get("hash") != mine
 
     async def _take(self, manifest: dict[str, Any]) -> None:
-        data = json.dumps(manifest, sort_keys=True).encode()
+        data = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)
         path = self.ident.data_dir / MANIFEST_FILE
         await asyncio.to_thread(write_atomic, path, data, durable=self.durable)
         self.manifest = manifest
