@@ -82,8 +82,8 @@ class WatchOverflow(ApiError):
 
 class Mailbox:
     """The events waiting for one subscriber: ``asyncio.Queue``'s calls for a single consumer,
-    at a tenth of its size while empty (no deque until the first event, no getter and putter
-    deques, no join event). 10,000 sites each wait on one at once; an ``asyncio.Queue`` was
+    without its getter and putter deques and join event, and with no deque at all until the
+    first event. 10,000 sites each wait on one at once; an ``asyncio.Queue`` was
     about 3 KB of the server's memory per connected site. ``None`` (the end mark) is always
     taken; events beyond ``maxsize`` raise ``asyncio.QueueFull``."""
 

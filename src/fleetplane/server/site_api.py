@@ -382,10 +382,10 @@ FAST = ("POST /registrations", "PUT /site/status", "GET /manifest", "PUT /sync")
 
 class SiteFastPath:
     """The calls every site makes at onboarding and then for every change and heartbeat
-    (register; report status; long-poll its manifest), answered straight by their handlers,
-    past FastAPI's routing, dependency, exception and middleware layers (together about a
-    third of the server's CPU for such a call). ``server/app.py`` puts this in front of the
-    whole application, with the request metrics and the body limit of its own. The same
+    (register; report status; long-poll its manifest; or both in one ``sync``), answered
+    straight by their handlers, past FastAPI's routing, dependency, exception and middleware
+    layers. ``server/app.py`` puts this in front of the whole application, with the request
+    metrics and the body limit of its own. The same
     handler code runs and errors answer as everywhere (``ApiError.to_status``).
     ``routers``: where those handlers live (this module's and the manifest's)."""
 
