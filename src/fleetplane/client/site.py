@@ -366,24 +366,20 @@ class AsyncSiteClient:
         """``PUT /site-api/v1/sync``: report the status, then long-poll as :meth:`manifest` does,
         in one call (one request per change instead of two). A server without it answers 404
         (``ApiError``), and then the two calls do the same."""
-        resp = await self.send(
-            "PUT",
-            f"{SITE_API}/sync",
-            body={"status": status},
-            params={"after": after, "waitSeconds": wait_seconds},
-            timeout=wait_seconds + 30.0,
-        )
-        if resp.status_code == 204:
-            return None
-        result: dict[str, Any] = decode_response(resp)
-        return result
+        return await self._long_poll("PUT", "sync", after, wait_seconds, body={"status": status})
 
     async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None:
         """The site's ``SiteManifest`` once its generation is above ``after``; ``None`` when
         ``wait_seconds`` passed without one (204)."""
+        return await self._long_poll("GET", "manifest", after, wait_seconds)
+
+    async def _long_poll(
+        self, method: str, call: str, after: int, wait_seconds: float, *, body: Any = None
+    ) -> dict[str, Any] | None:
         resp = await self.send(
-            "GET",
-            f"{SITE_API}/manifest",
+            method,
+            f"{SITE_API}/{call}",
+            body=body,
             params={"after": after, "waitSeconds": wait_seconds},
             timeout=wait_seconds + 30.0,
         )
