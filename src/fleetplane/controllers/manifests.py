@@ -447,4 +447,4 @@ class ManifestController:
                 elif current is None:
                     batch.create(tenant, obj)
                 else:
-                    batch.update(tenant, obj, part="main")
+                    batch.update(tenant, obj, part="main", stored=current)

@@ -377,6 +377,6 @@ class MetricsHistoryController:
                 if current is None:
                     tx.create(tenant, SITE_METRICS.normalize({"metadata": {"name": name}, "status": status}))
                 else:
-                    tx.update(tenant, {**current, "status": status}, part="status")
+                    tx.update(tenant, {**current, "status": status}, part="status", stored=current)
                 count += 1
         return count

@@ -384,7 +384,7 @@ class SiteEventsController:
                     bumped: dict[str, Any] = dict(current.get("spec") or {})
                     bumped["count"] = int(bumped.get("count") or 0) + p.count
                     bumped["lastTimestamp"] = _stamp(p.last)
-                    tx.update(p.tenant, {**current, "spec": bumped})
+                    tx.update(p.tenant, {**current, "spec": bumped}, stored=current)
                 count += 1
             for (tenant, _), name in deletes:
                 try:

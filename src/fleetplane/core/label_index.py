@@ -60,8 +60,11 @@ class LabelIndex(Generic[K]):
 
     def set(self, key: K, labels: Mapping[str, str]) -> None:
         """Insert ``key`` or replace its labels; only changed pairs touch the index."""
+        old = self._labels.get(key)
+        if old is not None and old == labels:
+            return  # the common case: a status write, labels as they were
         new = dict(labels)
-        old = self._labels.get(key, {})
+        old = old or {}
         for name, value in old.items():
             if name not in new:
                 self._unpost(key, name, value)

@@ -143,7 +143,7 @@ def _row_event(row: Any) -> Event:
         kind=kind,
         namespace=namespace,
         name=name,
-        object=orjson.loads(data),
+        data=data,
         prev_labels=orjson.loads(prev_labels) if prev_labels else None,
     )
 
@@ -338,10 +338,13 @@ class SqlStore(Store):
         with self._write() as tx:
             return self._update_in(tx, tenant, obj, part)
 
-    def _update_in(self, tx: _WriteTx, tenant: str, obj: Obj, part: UpdatePart) -> Obj:
+    def _update_in(
+        self, tx: _WriteTx, tenant: str, obj: Obj, part: UpdatePart, stored: Obj | None = None
+    ) -> Obj:
         m = obj["metadata"]
         ns, name, kind = m.get("namespace") or "", m["name"], obj["kind"]
-        old = self._load(tx.db, tenant, kind, ns, name)
+        # ``stored``: read by this transaction already (it holds the write lock: still current).
+        old = stored if stored is not None else self._load(tx.db, tenant, kind, ns, name)
         if old is None:
             raise not_found(kind, name)
         om = old["metadata"]
@@ -492,8 +495,8 @@ class _SqlBatch(StoreBatch):
     def get_or_none(self, tenant: str, kind: str, namespace: str, name: str) -> Obj | None:
         return self._store._load(self._tx.db, tenant, kind, namespace, name)
 
-    def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all") -> Obj:
-        return self._store._update_in(self._tx, tenant, obj, part)
+    def update(self, tenant: str, obj: Obj, *, part: UpdatePart = "all", stored: Obj | None = None) -> Obj:
+        return self._store._update_in(self._tx, tenant, obj, part, stored)
 
     def delete(
         self, tenant: str, kind: str, namespace: str, name: str, *, resource_version: str | None = None
