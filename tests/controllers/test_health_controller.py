@@ -233,3 +233,65 @@ def test_view_forgets_deleted_sites_and_policies() -> None:
     assert view.deny["acme"] == {"d/p/default"}
     assert view.remove_policy("acme", policy) is True
     assert view.deny["acme"] == frozenset()
+
+
+def test_a_site_event_takes_the_writers_score_unless_the_policies_moved(store: Store) -> None:
+    """The status writer scores a report as it writes it (``score_report``); the Site event of
+    that write takes that score instead of computing it again, unless a policy folded since
+    changed the tenant's deny keys: then the event is scored afresh, against the new ones."""
+    hits = {"default/github/allow-github": 10, "default/github/default-egress": 90}
+    report(store, "s0")
+    policy = NETWORK_POLICY.normalize(
+        {
+            "metadata": {"name": "github", "namespace": "default"},
+            "spec": {
+                "virtualSites": ["everywhere"],
+                "egress": [{"name": "allow-github", "action": "allow", "domains": ["github.com"]}],
+                "defaultAction": {"egress": "deny"},
+            },
+        }
+    )
+
+    def write(controller: HealthController, wanted: dict[str, Any], scored: Any) -> None:
+        """What the status writer does: the report with its score, then ``prescored``."""
+        for _ in range(20):  # the controller's flush may write the health in between: retry
+            site = store.get("acme", SITE.kind, "", "s0")
+            body = {**site, "status": {**wanted, "health": scored[0]}}
+            try:
+                written = store.update("acme", body, part="status")
+            except ApiError as exc:
+                if exc.reason != "Conflict":
+                    raise
+                continue
+            controller.prescored("acme", "s0", written["metadata"]["resourceVersion"], scored[1])
+            return
+        raise AssertionError("the site kept changing")
+
+    def probe(controller: HealthController) -> Any:
+        entry = controller.view.sites.get(("acme", "s0"))
+        return ((entry.status.get("conditions") or [{}])[0].get("status")) if entry else None
+
+    async def scenario() -> None:
+        async with running(store, min_interval=0.0) as controller:
+            # Deny keys unchanged: the event's entry holds the very score the writer made.
+            wanted = status(policyHits=hits, conditions=[{"type": "Probe", "status": "r1"}])
+            scored = controller.score_report("acme", "s0", wanted)
+            assert scored is not None
+            await asyncio.to_thread(write, controller, wanted, scored)
+            await eventually(lambda: probe(controller) == "r1")
+            assert controller.view.sites[("acme", "s0")].health is scored[1].health
+            assert scored[1].health.to_status()["parts"]["security"] == 100
+
+            # Scored before the policy is folded, written after: the event scores afresh.
+            wanted = status(policyHits=hits, conditions=[{"type": "Probe", "status": "r2"}])
+            scored = controller.score_report("acme", "s0", wanted)
+            assert scored is not None and scored[1].health.to_status()["parts"]["security"] == 100
+            await asyncio.to_thread(store.create, "acme", policy)
+            await eventually(lambda: bool(controller.view.deny.get("acme")))
+            await asyncio.to_thread(write, controller, wanted, scored)
+            await eventually(lambda: probe(controller) == "r2")
+            entry = controller.view.sites[("acme", "s0")]
+            assert entry.health is not scored[1].health
+            assert entry.health.to_status()["parts"]["security"] == 60
+
+    asyncio.run(scenario())

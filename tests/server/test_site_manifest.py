@@ -314,3 +314,91 @@ def test_a_refused_sync_stores_nothing_and_polls_nothing(
     with anonymous(server) as anon:
         r = anon.put(f"{SITE_API}/sync", json={"status": {}})
         assert r.status_code == 401 and "mutual TLS" in r.text
+
+
+NODES = [{"name": "n1", "role": "controller", "cpuMillis": 4000, "memoryBytes": GI, "diskBytes": 8 * GI}]
+
+
+def test_a_delta_report_keeps_what_it_leaves_out_while_the_site_is_unchanged(
+    server: ServerProcess, op: httpx.Client, tmp_path: Path
+) -> None:
+    """A delta report: ``keep`` names the fields left out as unchanged and ``base`` the
+    Site's resourceVersion the last report left (``Fleetplane-Site-Version``)."""
+    agent = onboard(server, op, tmp_path, "mf-delta")
+    full = {"nodeCount": 1, "nodes": NODES, "softwareVersion": "d-1", "osVersion": "os-1"}
+    with agent.mtls() as site:
+        r = site.put(f"{SITE_API}/sync", json={"status": full}, params={"after": 10**6})
+        assert r.status_code == 204, r.text
+        version = r.headers["fleetplane-site-version"]
+        assert op.get(f"{API}/sites/mf-delta").json()["metadata"]["resourceVersion"] == version
+
+        delta = {"status": {"softwareVersion": "d-2"}, "keep": ["nodeCount", "nodes", "osVersion"]}
+        r = site.put(f"{SITE_API}/sync", json={**delta, "base": version}, params={"after": 10**6})
+        assert r.status_code == 204, r.text
+        stored = op.get(f"{API}/sites/mf-delta").json()
+        assert stored["status"]["softwareVersion"] == "d-2"  # the one field reported
+        assert stored["status"]["nodes"][0]["name"] == "n1" and stored["status"]["nodeCount"] == 1
+        assert stored["status"]["osVersion"] == "os-1"
+        assert r.headers["fleetplane-site-version"] == stored["metadata"]["resourceVersion"] != version
+
+        # A field neither reported nor kept is gone, as in a full report.
+        base = r.headers["fleetplane-site-version"]
+        r = site.put(
+            f"{SITE_API}/sync",
+            json={"status": {"softwareVersion": "d-3"}, "keep": ["nodes"], "base": base},
+            params={"after": 10**6},
+        )
+        assert r.status_code == 204, r.text
+        status = op.get(f"{API}/sites/mf-delta").json()["status"]
+        assert "osVersion" not in status and status["nodes"][0]["name"] == "n1"
+
+
+def test_a_delta_on_a_site_written_since_is_refused_and_changes_nothing(
+    server: ServerProcess, op: httpx.Client, tmp_path: Path
+) -> None:
+    agent = onboard(server, op, tmp_path, "mf-delta-stale")
+    with agent.mtls() as site:
+        r = site.put(f"{SITE_API}/sync", json={"status": {"nodes": NODES, "osVersion": "os-1"}})
+        assert r.status_code in (200, 204), r.text
+        version = r.headers["fleetplane-site-version"]
+        # Someone else writes the Site (here: a relabel), so what it holds may have changed.
+        r = op.patch(
+            f"{API}/sites/mf-delta-stale",
+            json={"metadata": {"labels": {"moved": "yes"}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert r.status_code == 200, r.text
+        before = op.get(f"{API}/sites/mf-delta-stale").json()
+        delta = {"status": {"osVersion": "os-2"}, "keep": ["nodes"], "base": version}
+        r = site.put(f"{SITE_API}/sync", json=delta, params={"after": 1, "waitSeconds": 5})
+        assert r.status_code == 409 and r.json()["reason"] == "Conflict", r.text
+        assert "report them in full" in r.json()["message"]
+        # Nothing of the refused report was stored (the liveness controller may have written
+        # the phase meanwhile: that is not the report's doing).
+        after = op.get(f"{API}/sites/mf-delta-stale").json()["status"]
+        assert after["osVersion"] == "os-1" and after["nodes"] == before["status"]["nodes"]
+        assert after["lastSeen"] == before["status"]["lastSeen"]
+
+
+def test_a_malformed_delta_is_refused_naming_the_field(
+    server: ServerProcess, op: httpx.Client, tmp_path: Path
+) -> None:
+    agent = onboard(server, op, tmp_path, "mf-delta-bad")  # never reports: nothing else writes it
+    before = op.get(f"{API}/sites/mf-delta-bad").json()
+    base = before["metadata"]["resourceVersion"]
+    with agent.mtls() as site:
+        for body, field, words in (
+            ({"keep": "nodes", "base": base}, "keep", "must be a list"),
+            ({"keep": ["health"], "base": base}, "keep[0]", "must name a status field the site reports"),
+            ({"keep": ["nodes", "lastSeen"], "base": base}, "keep[1]", "'lastSeen'"),
+            ({"keep": ["colour"], "base": base}, "keep[0]", "'colour'"),
+            ({"keep": ["nodeCount"], "base": base}, "keep[0]", "keep it or report it, not both"),
+            ({"keep": ["nodes"]}, "base", "required with keep"),
+            ({"keep": ["nodes"], "base": 7}, "base", "required with keep"),
+        ):
+            r = site.put(f"{SITE_API}/sync", json={"status": {"nodeCount": 2}, **body}, params={"after": 1})
+            assert r.status_code == 422 and r.json()["kind"] == "Status", r.text
+            causes = r.json()["details"]["causes"]
+            assert causes[0]["field"] == field and words in causes[0]["message"], causes
+    after = op.get(f"{API}/sites/mf-delta-bad").json()
+    assert after["metadata"]["resourceVersion"] == base

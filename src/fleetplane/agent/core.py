@@ -30,7 +30,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +42,7 @@ from fleetplane.agent.drivers.base import Driver, ItemStatus, Observation
 from fleetplane.agent.identity import FileSiteKeyStore, write_public
 from fleetplane.agent.onboard import Backoff, SavedIdentity, tenant_and_site
 from fleetplane.client import AsyncSiteClient
+from fleetplane.client.site import Synced
 from fleetplane.core.errors import ApiError
 
 log = logging.getLogger("fleetplane.agent")
@@ -74,7 +75,23 @@ class _NoSync(Exception):
     """The combined call is not to be used with this server (after a 404 or a 422)."""
 
 
-ReportAndPoll = Callable[[dict[str, Any], int, float], Awaitable[dict[str, Any] | None]]
+# Always in a report, never kept from the last: the server overrides both anyway.
+ALWAYS_REPORTED = frozenset({"phase", "lastSeen"})
+
+
+class ReportAndPoll(Protocol):
+    """``AsyncSiteClient.report_and_poll``: a report (in full, or a delta keeping ``keep``
+    from the report that left the Site at ``base``) and the long-poll after it."""
+
+    def __call__(
+        self,
+        status: dict[str, Any],
+        after: int,
+        wait_seconds: float,
+        *,
+        keep: Sequence[str] = (),
+        base: str | None = None,
+    ) -> Awaitable[Synced]: ...
 
 
 class SiteApi(Protocol):
@@ -203,6 +220,9 @@ class AgentCore:
         self._legacy_status = False  # the server does not know status.manifest & co. yet
         self._no_distribution = False  # the server has no manifest endpoint (404)
         self._no_sync = False  # the server has no combined report and poll (404), or refused it
+        # The last report the server confirmed (each field as JSON) and the Site's
+        # resourceVersion after it: the next report leaves out what is unchanged since.
+        self._acked: tuple[dict[str, bytes], str] | None = None
         self._not_after = 0.0
         self._renew_at = 0.0
         self._next_renew_check = 0.0
@@ -353,7 +373,10 @@ class AgentCore:
     async def _take(self, manifest: dict[str, Any]) -> None:
         data = orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)
         path = self.ident.data_dir / MANIFEST_FILE
-        await asyncio.to_thread(write_atomic, path, data, durable=self.durable)
+        if self.durable:
+            await asyncio.to_thread(write_atomic, path, data, durable=True)
+        else:  # no fsync, nothing to wait for: cheaper here than a trip to a thread
+            write_atomic(path, data, durable=False)
         self.manifest = manifest
         log.info("%s: applying manifest generation %d", self.site, self.generation)
         self.state = "Applying"
@@ -362,6 +385,7 @@ class AgentCore:
         self._dirty = True
 
     async def _report(self, api: SiteApi) -> None:
+        self._acked = None  # this report moves the Site's version: the next goes in full
         status = await self.status()
         if self._legacy_status:
             status = {k: v for k, v in status.items() if k in LEGACY_STATUS_FIELDS}
@@ -394,8 +418,25 @@ class AgentCore:
     async def _report_and_poll(self, call: ReportAndPoll) -> dict[str, Any] | None:
         status = await self.status()
         reported_at = time.monotonic()
+        wait = self._poll_wait(reported_at)
+        # Each field as JSON: compared as sent (Python's == takes 1, 1.0 and true for equal),
+        # and a snapshot nothing the driver later changes in place can alter.
+        encoded = {k: orjson.dumps(v) for k, v in status.items()}
+        keep, base = self._unchanged(encoded)
+        self._acked = None  # until this report is confirmed
         try:
-            found = await call(status, self.generation, self._poll_wait(reported_at))
+            if keep:
+                try:
+                    sent = {k: v for k, v in status.items() if k not in keep}
+                    synced = await call(sent, self.generation, wait, keep=keep, base=base)
+                except ApiError as exc:
+                    if exc.code != 409:
+                        raise
+                    # The Site was written since our last report (an operator, a restore):
+                    # what we kept may not be what it holds. Once more, in full.
+                    synced = await call(status, self.generation, wait)
+            else:
+                synced = await call(status, self.generation, wait)
         except ApiError as exc:
             if exc.code not in (404, 422):
                 raise
@@ -404,10 +445,21 @@ class AgentCore:
             log.info("%s: no combined report and poll (%d); using two calls", self.site, exc.code)
             self._no_sync = True
             raise _NoSync() from None
+        if synced.site_version:
+            self._acked = (encoded, synced.site_version)
         self.last_report = reported_at
         self.reports += 1
         self._dirty = False
-        return found
+        return synced.manifest
+
+    def _unchanged(self, encoded: dict[str, bytes]) -> tuple[tuple[str, ...], str | None]:
+        """The fields (as JSON) equal to the last confirmed report's, and that report's
+        resourceVersion: what a delta report keeps. ``((), None)``: report in full."""
+        if self._acked is None:
+            return (), None
+        last, version = self._acked
+        keep = tuple(k for k, v in encoded.items() if k not in ALWAYS_REPORTED and last.get(k) == v)
+        return (keep, version) if keep else ((), None)
 
     def _reconnected(self) -> None:
         if not self.connected:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,8 @@ from fleetplane.core.errors import ApiError
 # -- the site-facing API (agent side) ---------------------------------------------------------------
 
 SITE_API = "/site-api/v1"
+# The Site's resourceVersion once a sync's report was written (docs/site-manifest.md).
+SITE_VERSION_HEADER = "Fleetplane-Site-Version"
 KEEPALIVE_SECONDS = 120.0  # below the server's 130 s, so the site ends an idle connection
 _ENCODING_DER = 2  # _ssl.ENCODING_DER (for the private Certificate objects of get_unverified_chain)
 
@@ -169,6 +171,16 @@ def site_ssl_context(
     if cert_file is not None:
         ctx.load_cert_chain(os.fspath(cert_file), os.fspath(key_file) if key_file else None)
     return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The answer to a report and poll: the newer manifest (``None``: none came in the wait),
+    and the Site's resourceVersion once the report was written (``None`` from a server that
+    takes no delta reports)."""
+
+    manifest: dict[str, Any] | None
+    site_version: str | None
 
 
 @dataclass(frozen=True)
@@ -361,21 +373,33 @@ class AsyncSiteClient:
         return str(result["certificate"]).encode()
 
     async def report_and_poll(
-        self, status: dict[str, Any], after: int, wait_seconds: float
-    ) -> dict[str, Any] | None:
+        self,
+        status: dict[str, Any],
+        after: int,
+        wait_seconds: float,
+        *,
+        keep: Sequence[str] = (),
+        base: str | None = None,
+    ) -> Synced:
         """``PUT /site-api/v1/sync``: report the status, then long-poll as :meth:`manifest` does,
         in one call (one request per change instead of two). A server without it answers 404
-        (``ApiError``), and then the two calls do the same."""
-        return await self._long_poll("PUT", "sync", after, wait_seconds, body={"status": status})
+        (``ApiError``), and then the two calls do the same. ``keep``/``base``: a delta report
+        (the fields left out of ``status`` as unchanged since the report that left the Site at
+        resourceVersion ``base``); a 409 says to report in full."""
+        body: dict[str, Any] = {"status": status}
+        if keep:
+            body |= {"keep": list(keep), "base": base}
+        manifest, headers = await self._long_poll("PUT", "sync", after, wait_seconds, body=body)
+        return Synced(manifest, headers.get(SITE_VERSION_HEADER))
 
     async def manifest(self, after: int, wait_seconds: float) -> dict[str, Any] | None:
         """The site's ``SiteManifest`` once its generation is above ``after``; ``None`` when
         ``wait_seconds`` passed without one (204)."""
-        return await self._long_poll("GET", "manifest", after, wait_seconds)
+        return (await self._long_poll("GET", "manifest", after, wait_seconds))[0]
 
     async def _long_poll(
         self, method: str, call: str, after: int, wait_seconds: float, *, body: Any = None
-    ) -> dict[str, Any] | None:
+    ) -> tuple[dict[str, Any] | None, Mapping[str, str]]:
         resp = await self.send(
             method,
             f"{SITE_API}/{call}",
@@ -384,6 +408,6 @@ class AsyncSiteClient:
             timeout=wait_seconds + 30.0,
         )
         if resp.status_code == 204:
-            return None
+            return None, resp.headers
         result: dict[str, Any] = decode_response(resp)
-        return result
+        return result, resp.headers

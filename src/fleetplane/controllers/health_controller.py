@@ -10,10 +10,11 @@ virtual site's members are one selector evaluation, never a store scan. The read
 leads (``enable_writes``), writes a site's ``status.health`` only when it differs from the
 stored one (``observedAt`` aside), at most once per ``min_interval`` per site, in one
 transaction per flush. A report that does not move the score writes nothing; one that does
-carries its new score in its own write (``health_with``, called by the status writer), so the
-flush has nothing left to write for it. Time alone moves a score (a late heartbeat, a
-certificate nearing expiry): each result says when it will change next, and a heap of those
-deadlines is all a tick looks at.
+carries its new score in its own write (``score_report``, called by the status writer), so the
+flush has nothing left to write for it; the Site event of that write then takes the score the
+writer computed (``prescored``) instead of computing it a second time. Time alone moves a
+score (a late heartbeat, a certificate nearing expiry): each result says when it will change
+next, and a heap of those deadlines is all a tick looks at.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ ROLLOUT_KIND = "Rollout"
 POLICY_KINDS = (NETWORK_POLICY.kind, SERVICE_POLICY.kind)
 KINDS = (SITE.kind, VIRTUAL_SITE.kind, *POLICY_KINDS, ROLLOUT_KIND)
 MAX_BATCH = 256
+_NO_DENY: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -98,7 +100,8 @@ class FleetHealth:
             not_before=self.not_before,
         )
 
-    def set_site(self, tenant: str, obj: Obj, now: float) -> SiteEntry:
+    def set_site(self, tenant: str, obj: Obj, now: float, health: Health | None = None) -> SiteEntry:
+        """Fold a Site in; ``health``: its score, when already computed for this very object."""
         name = obj["metadata"]["name"]
         status = obj.get("status") or {}
         self.index.setdefault(tenant, LabelIndex()).set(name, labels_of(obj))
@@ -107,7 +110,7 @@ class FleetHealth:
             name=name,
             status=status,
             phase=str(status.get("phase") or "Pending"),
-            health=self.evaluate(tenant, name, status, now),
+            health=health if health is not None else self.evaluate(tenant, name, status, now),
             cpu=cpu,
             memory=memory,
             stored=_stored_health(status),
@@ -205,6 +208,16 @@ class FleetHealth:
         return summarize(scored, worst)
 
 
+@dataclass(frozen=True, slots=True)
+class Prescored:
+    """A score the status writer computed for the Site it wrote at ``revision``, against the
+    tenant's deny keys ``deny`` (the very frozenset, compared by identity)."""
+
+    revision: str
+    health: Health
+    deny: frozenset[str]
+
+
 class HealthController:
     def __init__(
         self,
@@ -232,6 +245,8 @@ class HealthController:
         self._last_write: dict[SiteKey, float] = {}
         self._heap: list[tuple[float, str, str]] = []  # (when, tenant, name): lazily invalidated
         self._wake = asyncio.Event()
+        # Written by the status writer's thread, taken by the Site event of that write.
+        self._prescored: dict[SiteKey, Prescored] = {}
 
     def enable_writes(self) -> None:
         """This replica leads: from now on it writes ``status.health``."""
@@ -244,17 +259,37 @@ class HealthController:
     async def run(self) -> None:
         await run_controller("health", self._sync_and_follow, self._flush_loop)
 
-    def health_with(self, tenant: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    def score_report(
+        self, tenant: str, name: str, status: dict[str, Any]
+    ) -> tuple[dict[str, Any], Prescored] | None:
         """The ``status.health`` to store with a status report the server is writing, so that
-        a report which moves the score needs no second write (and event) from the flush; None
-        where this replica does not write health. Safe from any thread (reads the view only)."""
+        a report which moves the score needs no second write (and event) from the flush, and
+        the score itself, for :meth:`prescored` once the write committed. None where this
+        replica does not write health. Safe from any thread (reads the view only)."""
         if not self.writing or not self.synced.is_set():
             return None
-        wanted = self.view.evaluate(tenant, name, status, self.clock()).to_status()
+        deny = self.view.deny.get(tenant, _NO_DENY)
+        health = self.view.evaluate(tenant, name, status, self.clock())
+        wanted = health.to_status()
         current = status.get("health")
-        if _stored_health(status) == wanted:
-            return current  # unchanged: keep its observedAt, as the flush would
-        return {**wanted, "observedAt": now_rfc3339()}
+        if _stored_health(status) == wanted and isinstance(current, dict):
+            stored = current  # unchanged: keep its observedAt, as the flush would
+        else:
+            stored = {**wanted, "observedAt": now_rfc3339()}
+        return stored, Prescored("", health, deny)
+
+    def prescored(self, tenant: str, name: str, revision: str, scored: Prescored) -> None:
+        """The status writer committed ``scored`` for the Site at ``revision``: its event takes
+        that score instead of computing it again. Safe from any thread."""
+        self._prescored[(tenant, name)] = Prescored(revision, scored.health, scored.deny)
+
+    def _taken(self, key: SiteKey, obj: Obj) -> Health | None:
+        """The writer's score for exactly this Site object, if it is still valid."""
+        pre = self._prescored.pop(key, None)
+        if pre is None or pre.revision != obj["metadata"].get("resourceVersion"):
+            return None
+        # Another policy folded since: the deny keys the writer scored against are stale.
+        return pre.health if pre.deny is self.view.deny.get(key[0], _NO_DENY) else None
 
     def _track(self, key: SiteKey, entry: SiteEntry) -> None:
         if entry.health.valid_until is not None:
@@ -272,7 +307,7 @@ class HealthController:
                 self._dirty.discard(key)
                 self._last_write.pop(key, None)
             else:
-                self._track(key, self.view.set_site(tenant, obj, now))
+                self._track(key, self.view.set_site(tenant, obj, now, self._taken(key, obj)))
         elif kind == VIRTUAL_SITE.kind:
             if deleted:
                 self.view.remove_virtual_site(tenant, obj)
@@ -383,7 +418,7 @@ class HealthController:
                     continue
                 status["health"] = {**wanted, "observedAt": stamp}
                 try:
-                    tx.update(tenant, {**site, "status": status}, part="status")
+                    tx.update(tenant, {**site, "status": status}, part="status", stored=site)
                 except ApiError as exc:
                     log.warning("could not write the health of site %s/%s: %s", tenant, name, exc.message)
                     continue

@@ -39,9 +39,11 @@ from fleetplane.server.site_api import (
     reported_status,
     site_of,
 )
-from fleetplane.server.site_status import status_writer
+from fleetplane.server.site_status import kept_fields, status_writer
 
 router = APIRouter(prefix=PREFIX)
+# The Site's resourceVersion once a sync's report is written: the ``base`` of a delta report.
+SITE_VERSION_HEADER = "Fleetplane-Site-Version"
 
 
 def _number(request: Request, name: str, default: float, *, integer: bool) -> float:
@@ -172,18 +174,33 @@ async def get_manifest(request: Request) -> Response:
 async def sync(request: Request) -> Response:
     """A site's report and its next manifest in one round trip: the status is written as by
     ``PUT /site/status`` (and refused the same way, with nothing polled), then the call
-    long-polls as ``GET /manifest`` does. The agent's every change costs one call, not two."""
+    long-polls as ``GET /manifest`` does. The agent's every change costs one call, not two.
+
+    A delta report names in ``keep`` the status fields it left out as unchanged since its last
+    report, and in ``base`` the Site's resourceVersion that report left (the
+    ``Fleetplane-Site-Version`` header of its answer); 409 if the Site was written since."""
     ctx, tenant, name, serial = await authenticated_identity(request)
     after, wait = _waits(request)
-    status = reported_status(name, await read_object(request))
+    body = await read_object(request)
+    status = reported_status(name, body)
+    keep, base = kept_fields(name, body)
     # The write, not started yet: it runs once awaited, after the subscription below.
-    report = status_writer(ctx).submit(tenant, name, serial, status, with_manifest=True)
+    report = status_writer(ctx).submit(tenant, name, serial, status, with_manifest=True, keep=keep, base=base)
     # Neither the request (its body), the report nor the stored Site is held through the
     # wait: a waiting site should cost the server its subscription and little else.
-    del request, status
+    del request, body, status
     sub = _subscribe(ctx, tenant, name)
     try:
         # The batch's transaction re-checks the certificate's site and reads its manifest.
-        return await _newer_manifest(ctx, tenant, name, sub, (await report).manifest, after, wait)
+        written = await report
+        version = str(written.site["metadata"]["resourceVersion"])
+        answer: Response
+        if written.manifest is not None and _generation(written.manifest) > after:
+            answer = await _answer(ctx, tenant, written.manifest)
+        else:
+            del written
+            answer = await _newer_manifest(ctx, tenant, name, sub, None, after, wait)
     finally:
         ctx.hub.unsubscribe(sub)
+    answer.headers[SITE_VERSION_HEADER] = version
+    return answer

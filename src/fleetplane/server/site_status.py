@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fleetplane.controllers.health_controller import HealthController
-from fleetplane.core.errors import ApiError, forbidden, invalid, unauthorized
+from fleetplane.controllers.health_controller import HealthController, Prescored
+from fleetplane.core.errors import ApiError, Cause, conflict, forbidden, invalid, unauthorized
 from fleetplane.core.objects import Obj, now_rfc3339
 from fleetplane.core.registry import causes_from_pydantic
 from fleetplane.core.store import StoreBatch
@@ -29,6 +29,8 @@ from fleetplane.kinds import SITE, SITE_MANIFEST
 from fleetplane.server.context import ServerContext
 
 MAX_BATCH = 256  # reports per transaction: bounds the write lock's hold and lets batches pipeline
+# Fields of Site.status that are the server's to say, never kept from an earlier report.
+SERVER_FIELDS = frozenset({"phase", "lastSeen", "identity", "health"})
 
 
 @dataclass(slots=True)
@@ -39,6 +41,8 @@ class _Report:
     status: dict[str, Any]
     done: asyncio.Future[Written]
     with_manifest: bool = False
+    keep: tuple[str, ...] = ()  # fields of the stored status to keep (a delta report) ...
+    base: str | None = None  # ... if the Site is still at this resourceVersion
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,31 @@ def validated_status(site: str, wanted: dict[str, Any]) -> dict[str, Any]:
     return parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def kept_fields(site: str, body: dict[str, Any]) -> tuple[tuple[str, ...], str | None]:
+    """A delta report's ``keep`` (the status fields unchanged since the site's last report,
+    left out of its ``status``) and ``base`` (the Site's resourceVersion that report left);
+    422 naming the bad entry. ``((), None)`` for a report in full."""
+    keep, base = body.get("keep"), body.get("base")
+    if keep is None or keep == []:
+        return (), None
+    if not isinstance(keep, list):
+        raise invalid(SITE.kind, site, [Cause("keep", "must be a list of status field names")])
+    assert SITE.status_model is not None
+    reportable = SITE.status_model.model_fields.keys() - SERVER_FIELDS
+    reported = body.get("status") or {}
+    for i, name in enumerate(keep):
+        if not isinstance(name, str) or name not in reportable:
+            why = f"must name a status field the site reports, not {name!r}"
+            raise invalid(SITE.kind, site, [Cause(f"keep[{i}]", why)])
+        if name in reported:
+            why = f"{name!r} is in status as well: keep it or report it, not both"
+            raise invalid(SITE.kind, site, [Cause(f"keep[{i}]", why)])
+    if not isinstance(base, str) or not base.isdigit():
+        why = "required with keep: the Site's resourceVersion after the report it keeps from"
+        raise invalid(SITE.kind, site, [Cause("base", why)])
+    return tuple(dict.fromkeys(keep)), base
+
+
 class StatusWriter:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
@@ -77,14 +106,23 @@ class StatusWriter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="site-status")
 
     async def submit(
-        self, tenant: str, site: str, serial: str, status: dict[str, Any], *, with_manifest: bool = False
+        self,
+        tenant: str,
+        site: str,
+        serial: str,
+        status: dict[str, Any],
+        *,
+        with_manifest: bool = False,
+        keep: tuple[str, ...] = (),
+        base: str | None = None,
     ) -> Written:
         """Write a validated status for the site whose current certificate has ``serial``;
         returns the updated Site once its batch committed, and with ``with_manifest`` the
         site's manifest read in the same transaction (``PUT /site-api/v1/sync``: no trip to a
-        worker thread of its own to read it)."""
+        worker thread of its own to read it). ``keep``: fields taken from the stored status,
+        if the Site is still at resourceVersion ``base`` (409 Conflict if not)."""
         done: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Report(tenant, site, serial, status, done, with_manifest))
+        self._pending.append(_Report(tenant, site, serial, status, done, with_manifest, keep, base))
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="site-status-writer")
@@ -116,16 +154,27 @@ class StatusWriter:
         out: list[Written | BaseException] = []
         health = self.ctx.extras.get("health")
         scorer = health if isinstance(health, HealthController) else None
+        scores: list[tuple[_Report, Obj, Prescored]] = []
         with self.ctx.store.batch() as tx:
             for report in batch:
                 try:
-                    out.append(_write_one(tx, report, scorer))
+                    written, score = _write_one(tx, report, scorer)
                 except ApiError as exc:  # refused for this site only; the others go on
                     out.append(exc)
+                    continue
+                out.append(written)
+                if score is not None:
+                    scores.append((report, written.site, score))
+        # Committed: each Site event may now take the score computed here.
+        if scorer is not None:
+            for report, site, score in scores:
+                scorer.prescored(report.tenant, report.site, site["metadata"]["resourceVersion"], score)
         return out
 
 
-def _write_one(tx: StoreBatch, report: _Report, scorer: HealthController | None) -> Written:
+def _write_one(
+    tx: StoreBatch, report: _Report, scorer: HealthController | None
+) -> tuple[Written, Prescored | None]:
     site = tx.get_or_none(report.tenant, SITE.kind, "", report.site)
     if site is None:
         raise unauthorized(f'Unauthorized: site "{report.site}" no longer exists; its certificate is revoked')
@@ -140,18 +189,30 @@ def _write_one(tx: StoreBatch, report: _Report, scorer: HealthController | None)
             f"Unauthorized: certificate {report.serial} is not the current certificate of site "
             f'"{report.site}" (superseded or revoked)'
         )
-    status = {**report.status, "identity": identity} if identity else report.status
+    status = report.status
+    if report.keep:
+        if site["metadata"]["resourceVersion"] != report.base:
+            why = (
+                f"its status was written since resourceVersion {report.base}, so the fields the "
+                "report keeps may not be the site's own: report them in full"
+            )
+            raise conflict(SITE.kind, report.site, why)
+        # Kept values win over the defaults the partial status was validated with.
+        status = {**status, **{k: current[k] for k in report.keep if k in current}}
+    if identity:
+        status = {**status, "identity": identity}
     if current.get("health"):  # server-owned: the health controller's, kept like identity
         status = {**status, "health": current["health"]}
     # The score this report gives, in the same write: otherwise the health controller
     # writes it a moment later (a second commit and event for every report that moves it).
-    health = scorer.health_with(report.tenant, report.site, status) if scorer is not None else None
-    if health is not None:
-        status = {**status, "health": health}
-    written = tx.update(report.tenant, {**site, "status": status}, part="status")
+    scored = scorer.score_report(report.tenant, report.site, status) if scorer is not None else None
+    if scored is not None:
+        status = {**status, "health": scored[0]}
+    written = tx.update(report.tenant, {**site, "status": status}, part="status", stored=site)
+    score = scored[1] if scored is not None and written is not site else None  # None: a no-op write
     if not report.with_manifest:
-        return Written(written)
-    return Written(written, tx.get_or_none(report.tenant, SITE_MANIFEST.kind, "", report.site))
+        return Written(written), score
+    return Written(written, tx.get_or_none(report.tenant, SITE_MANIFEST.kind, "", report.site)), score
 
 
 def status_writer(ctx: ServerContext) -> StatusWriter:
