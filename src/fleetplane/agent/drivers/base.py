@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -48,6 +49,11 @@ class NodeInfo:
     ready: bool = True
 
     def to_status(self) -> dict[str, Any]:
+        """A new dict each call (callers may change it); built once per NodeInfo."""
+        return dict(self._status)
+
+    @functools.cached_property
+    def _status(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "role": self.role,

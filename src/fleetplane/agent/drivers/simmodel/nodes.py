@@ -24,6 +24,12 @@ class Node:
     ready: bool = True
     reserved_cpu: int = 0
     reserved_memory: int = 0
+    # usage.py's noise for this node, kept for its period: (seed, period, cpu, memory).
+    noise: tuple[object, int, float, float] | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
+    data_noise: tuple[object, float] | None = dataclasses.field(default=None, repr=False, compare=False)
+    _info: NodeInfo | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def allocatable_cpu(self) -> int:
@@ -34,7 +40,22 @@ class Node:
         return self.memory_bytes - self.reserved_memory
 
     def info(self) -> NodeInfo:
-        return NodeInfo(self.name, self.role, self.cpu_millis, self.memory_bytes, self.disk_bytes, self.ready)
+        """The node as the site reports it: the same object while nothing in it changed, so
+        that its status (``NodeInfo.to_status``, cached) is built once, not at every look."""
+        info = self._info
+        if (
+            info is None
+            or info.ready != self.ready
+            or info.cpu_millis != self.cpu_millis
+            or info.memory_bytes != self.memory_bytes
+            or info.disk_bytes != self.disk_bytes
+            or info.role != self.role
+            or info.name != self.name
+        ):
+            info = self._info = NodeInfo(
+                self.name, self.role, self.cpu_millis, self.memory_bytes, self.disk_bytes, self.ready
+            )
+        return info
 
 
 def draw_node_count(rng: random.Random, profile: SiteProfile) -> int:

@@ -22,6 +22,23 @@ PLATFORM_CPU = {"controller": 0.10, "worker": 0.04, "storage": 0.06}  # of capac
 PLATFORM_MEMORY = {"controller": 0.15, "worker": 0.06, "storage": 0.10}
 
 
+def _noise(node: Node, seed: object, period: int) -> tuple[float, float]:
+    """The node's CPU and memory noise in ``period``, unit values: hashed once a period, not
+    at every look (a simulated fleet looks thousands of times a second)."""
+    cached = node.noise
+    if cached is None or cached[1] != period or cached[0] != seed:
+        cpu, mem = unit_noise(seed, node.name, "cpu", period), unit_noise(seed, node.name, "mem", period)
+        cached = node.noise = (seed, period, cpu, mem)
+    return cached[2], cached[3]
+
+
+def _data_noise(node: Node, seed: object) -> float:
+    cached = node.data_noise
+    if cached is None or cached[0] != seed:
+        cached = node.data_noise = (seed, unit_noise(seed, node.name, "data"))
+    return cached[1]
+
+
 def _clamp(value: float, high: int) -> int:
     return int(min(max(value, 0.0), float(high)))
 
@@ -40,13 +57,14 @@ def site_usage(
     for node in nodes:
         data = 0
         if node.role == "storage":
-            data = int(node.disk_bytes * (0.35 + 0.25 * unit_noise(seed, node.name, "data")))
+            data = int(node.disk_bytes * (0.35 + 0.25 * _data_noise(node, seed)))
         pod_cpu, pod_mem, images = pods.node_use(node.name)
         disk += min(OS_DISK_BYTES + images + data, node.disk_bytes)
         if not node.ready:
             continue
-        jitter_cpu = unit_noise(seed, node.name, "cpu", period) * noise * node.cpu_millis
-        jitter_mem = unit_noise(seed, node.name, "mem", period) * noise / 2 * node.memory_bytes
+        cpu_noise, mem_noise = _noise(node, seed, period)
+        jitter_cpu = cpu_noise * noise * node.cpu_millis
+        jitter_mem = mem_noise * noise / 2 * node.memory_bytes
         node_cpu = PLATFORM_CPU[node.role] * node.cpu_millis + pod_cpu + jitter_cpu
         node_mem = PLATFORM_MEMORY[node.role] * node.memory_bytes + pod_mem + jitter_mem
         cpu += _clamp(max(node_cpu, floor.get("cpu", 0.0) * node.cpu_millis), node.cpu_millis)
