@@ -3,13 +3,13 @@ reported a newer manifest generation, and when it reported it Applied."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 
 if TYPE_CHECKING:
     from bench.fanout import Server
@@ -66,7 +66,7 @@ class Watcher(threading.Thread):
                         continue
                     now = time.perf_counter()
                     self.events += 1
-                    event = json.loads(line)
+                    event = orjson.loads(line)  # the instrument should cost little CPU
                     obj = event.get("object") or {}
                     name = (obj.get("metadata") or {}).get("name")
                     if name not in self.before or name in self.done:
@@ -85,7 +85,7 @@ class Watcher(threading.Thread):
                         if len(self.done) == len(self.before):
                             self.all_done.set()
                             return
-        except (httpx.HTTPError, OSError, ValueError) as exc:
+        except (httpx.HTTPError, OSError, ValueError) as exc:  # orjson.JSONDecodeError is one
             if not self.all_done.is_set():
                 self.error = str(exc)
         finally:
