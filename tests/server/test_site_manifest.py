@@ -402,3 +402,40 @@ def test_a_malformed_delta_is_refused_naming_the_field(
             assert causes[0]["field"] == field and words in causes[0]["message"], causes
     after = op.get(f"{API}/sites/mf-delta-bad").json()
     assert after["metadata"]["resourceVersion"] == base
+
+
+def test_a_stopping_server_answers_the_waiting_long_polls(tmp_path: Path) -> None:
+    """SIGTERM while sites wait: each long-poll is answered at once (204) and the server
+    exits within its grace period, logging no traceback for the calls it ended."""
+    srv = ServerProcess(tmp_path / "data").start()
+    try:
+        with operator(srv) as op:
+            agents = [onboard(srv, op, tmp_path, f"mf-stop-{i}") for i in range(3)]
+            answers: list[tuple[int, float]] = []
+
+            def wait(agent: Agent) -> None:
+                with agent.mtls() as site:
+                    r = site.put(
+                        f"{SITE_API}/sync",
+                        json={"status": {"nodeCount": 1}},
+                        params={"after": 10**6, "waitSeconds": 60},
+                        timeout=30,
+                    )
+                    answers.append((r.status_code, time.monotonic()))
+
+            waiters = [threading.Thread(target=wait, args=(a,)) for a in agents]
+            for w in waiters:
+                w.start()
+            time.sleep(1.0)
+            assert not answers  # all waiting
+            stopped = time.monotonic()
+            srv.stop()
+            for w in waiters:
+                w.join(10)
+        assert [code for code, _ in answers] == [204, 204, 204]
+        assert all(at - stopped < 3 for _, at in answers), answers
+        log = srv.log_path.read_text(errors="replace")
+        assert "Traceback" not in log and "Exception in ASGI application" not in log, srv.log_tail()
+        assert "3 long-polls answered" in log
+    finally:
+        srv.stop()

@@ -201,6 +201,17 @@ class WatchHub:
         for sub in self._all_subscriptions():
             sub.queue.put_nowait(None)
 
+    def end_waits(self) -> int:
+        """Hand every single-object subscription (the sites' manifest long-polls) its end mark:
+        each answers at once, from the store. A server that is shutting down drains them so,
+        instead of cancelling them when its grace period runs out. How many were ended."""
+        ended = 0
+        for subs in self._named.values():
+            for sub in subs:
+                sub.queue.put_nowait(None)
+                ended += 1
+        return ended
+
     def _on_commit(self, revision: int) -> None:
         loop = self._loop
         if loop is not None and revision > self.revision:
