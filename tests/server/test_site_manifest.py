@@ -405,13 +405,21 @@ def test_a_malformed_delta_is_refused_naming_the_field(
 
 
 def test_a_stopping_server_answers_the_waiting_long_polls(tmp_path: Path) -> None:
-    """SIGTERM while sites wait: each long-poll is answered at once (204) and the server
-    exits within its grace period, logging no traceback for the calls it ended."""
+    """SIGTERM while sites wait and an operator watches: each long-poll is answered at once
+    (204), the watch stream ends, and the server logs no traceback for the calls it ended."""
     srv = ServerProcess(tmp_path / "data").start()
     try:
         with operator(srv) as op:
             agents = [onboard(srv, op, tmp_path, f"mf-stop-{i}") for i in range(3)]
             answers: list[tuple[int, float]] = []
+            watch_ended: list[float] = []
+
+            def watch() -> None:
+                with op.stream("GET", f"{API}/sites", params={"watch": "true"}, timeout=30) as r:
+                    assert r.status_code == 200
+                    for _ in r.iter_lines():
+                        pass
+                watch_ended.append(time.monotonic())  # ended by the server, not by an error
 
             def wait(agent: Agent) -> None:
                 with agent.mtls() as site:
@@ -424,6 +432,7 @@ def test_a_stopping_server_answers_the_waiting_long_polls(tmp_path: Path) -> Non
                     answers.append((r.status_code, time.monotonic()))
 
             waiters = [threading.Thread(target=wait, args=(a,)) for a in agents]
+            waiters.append(threading.Thread(target=watch))
             for w in waiters:
                 w.start()
             time.sleep(1.0)
@@ -434,8 +443,9 @@ def test_a_stopping_server_answers_the_waiting_long_polls(tmp_path: Path) -> Non
                 w.join(10)
         assert [code for code, _ in answers] == [204, 204, 204]
         assert all(at - stopped < 3 for _, at in answers), answers
+        assert len(watch_ended) == 1 and watch_ended[0] - stopped < 3
         log = srv.log_path.read_text(errors="replace")
         assert "Traceback" not in log and "Exception in ASGI application" not in log, srv.log_tail()
-        assert "3 long-polls answered" in log
+        assert "4 long-polls and watches ended" in log
     finally:
         srv.stop()

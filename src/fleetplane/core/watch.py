@@ -133,6 +133,7 @@ class Subscription:
     after: int
     queue: Mailbox = field(default_factory=Mailbox)
     overflowed: bool = False
+    drain: bool = False  # a client's wait (a long-poll, a watch): ended by ``end_waits``
 
     def offer(self, ev: Event) -> None:
         if ev.revision <= self.after or self.overflowed:
@@ -202,12 +203,13 @@ class WatchHub:
             sub.queue.put_nowait(None)
 
     def end_waits(self) -> int:
-        """Hand every single-object subscription (the sites' manifest long-polls) its end mark:
-        each answers at once, from the store. A server that is shutting down drains them so,
-        instead of cancelling them when its grace period runs out. How many were ended."""
+        """Hand every client's wait (``drain``: the sites' long-polls, API and console watches)
+        its end mark: a long-poll answers at once from the store, a watch stream ends. A server
+        that is shutting down drains them so, instead of cancelling them when its grace period
+        runs out. How many were ended."""
         ended = 0
-        for subs in self._named.values():
-            for sub in subs:
+        for sub in self._all_subscriptions():
+            if sub.drain:
                 sub.queue.put_nowait(None)
                 ended += 1
         return ended
@@ -264,10 +266,10 @@ class WatchHub:
             if len(events) < self.batch:
                 return
 
-    def subscribe(self, flt: WatchFilter, after: int) -> Subscription:
+    def subscribe(self, flt: WatchFilter, after: int, *, drain: bool = False) -> Subscription:
         """Receive, in ``sub.queue``, the events after revision ``after`` that ``flt`` lets
         through (``None`` marks the end: the hub stopped, or the subscription overflowed)."""
-        sub = Subscription(flt, after)
+        sub = Subscription(flt, after, drain=drain)
         for kind in flt.kinds:
             if flt.name is None:
                 self._subs[(flt.tenant, kind)].add(sub)
@@ -283,7 +285,9 @@ class WatchHub:
             else:
                 _discard(self._named, (flt.tenant, kind, flt.name), sub)
 
-    async def watch(self, flt: WatchFilter, since: int | None) -> AsyncIterator[Event]:
+    async def watch(
+        self, flt: WatchFilter, since: int | None, *, drain: bool = False
+    ) -> AsyncIterator[Event]:
         """Events after revision ``since``; with ``since=None`` first the current objects as
         ADDED, then what follows. Raises ``Expired`` (410) when ``since`` is compacted."""
         if since is None and (len(flt.kinds) != 1 or flt.tenant == ANY_TENANT):
@@ -291,7 +295,7 @@ class WatchHub:
         if since is not None and since < await asyncio.to_thread(self.store.compacted_revision):
             raise expired(f"too old resource version: {since}")
         live_from = self.revision
-        sub = self.subscribe(flt, after=live_from)
+        sub = self.subscribe(flt, after=live_from, drain=drain)
         try:
             if since is None and flt.name is not None:
                 # One named object: read it, not the whole kind.

@@ -177,7 +177,7 @@ async def _collection_get(request: Request, plural: str, namespace: str | None) 
 async def _stream(
     ctx: ServerContext, info: KindInfo, flt: WatchFilter, since: int | None, timeout: float
 ) -> AsyncIterator[bytes]:
-    events = ctx.hub.watch(flt, since)
+    events = ctx.hub.watch(flt, since, drain=True)
     try:
         async with asyncio.timeout(timeout):
             async for ev in events:

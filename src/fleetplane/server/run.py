@@ -41,10 +41,10 @@ STARTUP_FAILURE = 3  # uvicorn's exit code when the server could not start
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, ending the sites' long-polls as its shutdown begins: each answers at
-    once (``204``: nothing newer) and its connection closes. Left alone, every waiting site's
-    call was cancelled when the grace period ran out, and logged as a traceback: a demo of 300
-    sites printed about 200 of them at Ctrl-C."""
+    """uvicorn's server, ending what clients wait on as its shutdown begins: each site's
+    long-poll answers at once (``204``: nothing newer) and each API or console watch stream
+    ends, so their connections close. Left alone, every one was cancelled when the grace period
+    ran out, and logged as a traceback: a demo of 300 sites printed about 200 at Ctrl-C."""
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
@@ -54,7 +54,7 @@ class DrainingServer(uvicorn.Server):
         ctx = getattr(self.fleetplane_app.state, "ctx", None)
         if isinstance(ctx, ServerContext):
             ended = ctx.hub.end_waits()
-            log.info("shutting down: %d long-polls answered", ended)
+            log.info("shutting down: %d long-polls and watches ended", ended)
         await super().shutdown(sockets)
 
 

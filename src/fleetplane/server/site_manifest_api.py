@@ -152,7 +152,8 @@ async def _newer_manifest(
 
 
 def _subscribe(ctx: ServerContext, tenant: str, name: str) -> Subscription:
-    return ctx.hub.subscribe(WatchFilter(tenant, (SITE_MANIFEST.kind,), name=name), after=ctx.hub.revision)
+    flt = WatchFilter(tenant, (SITE_MANIFEST.kind,), name=name)
+    return ctx.hub.subscribe(flt, after=ctx.hub.revision, drain=True)
 
 
 @router.get("/manifest")

@@ -64,9 +64,12 @@ async def stream(ctx: ServerContext, tenant: str) -> AsyncIterator[bytes]:
 
     async def follow() -> None:
         flt = WatchFilter(tenant, _kinds(ctx))
-        async for ev in ctx.hub.watch(flt, since=since):
-            changed.setdefault(WORKLOAD_KINDS.get(ev.kind, ev.kind), set()).add(ev.name)
-            wake.set()
+        try:
+            async for ev in ctx.hub.watch(flt, since=since, drain=True):
+                changed.setdefault(WORKLOAD_KINDS.get(ev.kind, ev.kind), set()).add(ev.name)
+                wake.set()
+        finally:
+            wake.set()  # the watch ended (the server drains): let the stream see it now
 
     follower = asyncio.create_task(follow())
     loop = asyncio.get_running_loop()

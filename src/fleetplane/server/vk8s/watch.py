@@ -57,7 +57,7 @@ async def _stream(
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def pump() -> None:
-        events = s.ctx.hub.watch(flt, since)
+        events = s.ctx.hub.watch(flt, since, drain=True)
         try:
             async for ev in events:
                 await queue.put(ev)
