@@ -253,19 +253,14 @@ def test_a_site_event_takes_the_writers_score_unless_the_policies_moved(store: S
     )
 
     def write(controller: HealthController, wanted: dict[str, Any], scored: Any) -> None:
-        """What the status writer does: the report with its score, then ``prescored``."""
-        for _ in range(20):  # the controller's flush may write the health in between: retry
-            site = store.get("acme", SITE.kind, "", "s0")
+        """What the status writer does: in one batch, the report with its score, and
+        ``prescored`` before the commit (once committed, the hub may fold the event at once)."""
+        with store.batch() as tx:
+            site = tx.get_or_none("acme", SITE.kind, "", "s0")
+            assert site is not None
             body = {**site, "status": {**wanted, "health": scored[0]}}
-            try:
-                written = store.update("acme", body, part="status")
-            except ApiError as exc:
-                if exc.reason != "Conflict":
-                    raise
-                continue
+            written = tx.update("acme", body, part="status", stored=site)
             controller.prescored("acme", "s0", written["metadata"]["resourceVersion"], scored[1])
-            return
-        raise AssertionError("the site kept changing")
 
     def probe(controller: HealthController) -> Any:
         entry = controller.view.sites.get(("acme", "s0"))
@@ -295,3 +290,34 @@ def test_a_site_event_takes_the_writers_score_unless_the_policies_moved(store: S
             assert entry.health.to_status()["parts"]["security"] == 60
 
     asyncio.run(scenario())
+
+
+def test_the_writers_score_waits_for_its_own_revision_and_is_dropped_when_not_committed(
+    store: Store,
+) -> None:
+    """The writer hands its score over before its commit. An event of an earlier write (the
+    controller's own health write, say) folds first: it is scored afresh and leaves the score
+    for its write. A write that did not commit takes its score back, so the next event of
+    the site, whatever it holds, is scored afresh."""
+    site = report(store, "s0", policyHits={"default/x/y": 1})
+    controller = HealthController(store, WatchHub(store), tick=0.05)
+    controller.synced.set()
+    revision = int(site["metadata"]["resourceVersion"])
+
+    def at(rv: int) -> Obj:
+        return {**site, "metadata": {**site["metadata"], "resourceVersion": str(rv)}}
+
+    controller._fold("acme", at(revision), False)
+    scored = controller.score_report("acme", "s0", site["status"])
+    assert scored is not None
+    controller.prescored("acme", "s0", str(revision + 2), scored[1])
+
+    controller._fold("acme", at(revision + 1), False)  # an earlier write: not its score
+    assert controller.view.sites[("acme", "s0")].health is not scored[1].health
+    controller._fold("acme", at(revision + 2), False)  # the writer's own: its score
+    assert controller.view.sites[("acme", "s0")].health is scored[1].health
+
+    controller.prescored("acme", "s0", str(revision + 3), scored[1])
+    controller.forget_prescored("acme", "s0")  # the batch raised: nothing committed
+    controller._fold("acme", at(revision + 3), False)
+    assert controller.view.sites[("acme", "s0")].health is not scored[1].health

@@ -279,14 +279,24 @@ class HealthController:
         return stored, Prescored("", health, deny)
 
     def prescored(self, tenant: str, name: str, revision: str, scored: Prescored) -> None:
-        """The status writer committed ``scored`` for the Site at ``revision``: its event takes
-        that score instead of computing it again. Safe from any thread."""
+        """The status writer is committing ``scored`` for the Site at ``revision``: its event
+        takes that score instead of computing it again. Safe from any thread."""
         self._prescored[(tenant, name)] = Prescored(revision, scored.health, scored.deny)
+
+    def forget_prescored(self, tenant: str, name: str) -> None:
+        """The write :meth:`prescored` announced did not commit. Safe from any thread."""
+        self._prescored.pop((tenant, name), None)
 
     def _taken(self, key: SiteKey, obj: Obj) -> Health | None:
         """The writer's score for exactly this Site object, if it is still valid."""
-        pre = self._prescored.pop(key, None)
-        if pre is None or pre.revision != obj["metadata"].get("resourceVersion"):
+        pre = self._prescored.get(key)
+        if pre is None:
+            return None
+        revision = int(obj["metadata"].get("resourceVersion") or 0)
+        if revision < int(pre.revision):
+            return None  # an earlier write of the site: the score is for a later one
+        self._prescored.pop(key, None)
+        if revision != int(pre.revision):
             return None
         # Another policy folded since: the deny keys the writer scored against are stale.
         return pre.health if pre.deny is self.view.deny.get(key[0], _NO_DENY) else None

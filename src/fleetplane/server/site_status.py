@@ -155,20 +155,27 @@ class StatusWriter:
         health = self.ctx.extras.get("health")
         scorer = health if isinstance(health, HealthController) else None
         scores: list[tuple[_Report, Obj, Prescored]] = []
-        with self.ctx.store.batch() as tx:
-            for report in batch:
-                try:
-                    written, score = _write_one(tx, report, scorer)
-                except ApiError as exc:  # refused for this site only; the others go on
-                    out.append(exc)
-                    continue
-                out.append(written)
-                if score is not None:
-                    scores.append((report, written.site, score))
-        # Committed: each Site event may now take the score computed here.
-        if scorer is not None:
-            for report, site, score in scores:
-                scorer.prescored(report.tenant, report.site, site["metadata"]["resourceVersion"], score)
+        try:
+            with self.ctx.store.batch() as tx:
+                for report in batch:
+                    try:
+                        written, score = _write_one(tx, report, scorer)
+                    except ApiError as exc:  # refused for this site only; the others go on
+                        out.append(exc)
+                        continue
+                    out.append(written)
+                    if score is not None:
+                        scores.append((report, written.site, score))
+                # Handed over before the commit: once committed, the hub may fold a Site
+                # event at once, and it should find its score there.
+                for report, site, score in scores:
+                    assert scorer is not None
+                    scorer.prescored(report.tenant, report.site, site["metadata"]["resourceVersion"], score)
+        except BaseException:
+            for report, _, _ in scores:  # not committed: no event will come for these
+                assert scorer is not None
+                scorer.forget_prescored(report.tenant, report.site)
+            raise
         return out
 
 
