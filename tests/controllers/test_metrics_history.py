@@ -14,7 +14,13 @@ import pytest
 
 from fleetplane.controllers.health_controller import FleetHealth
 from fleetplane.controllers.load_distribution import distribution, resource_distribution
-from fleetplane.controllers.metrics_history import Column, MetricsHistoryController, decode, parse_retention
+from fleetplane.controllers.metrics_history import (
+    SLICES,
+    Column,
+    MetricsHistoryController,
+    decode,
+    parse_retention,
+)
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import SITE, SITE_METRICS
@@ -132,6 +138,45 @@ def test_reports_write_nothing_until_the_flush_which_batches_them(store: Store) 
     assert asyncio.run(ctl.flush()) == 10
     assert store.revision() - before == 10  # one write per site, whatever the reports
     assert asyncio.run(ctl.flush()) == 0  # nothing new: nothing written
+
+
+def test_the_flush_is_spread_over_the_interval_one_part_of_the_fleet_at_a_time(store: Store) -> None:
+    """Each flush tick writes one part of the sites, so a large fleet never writes all its
+    histories in one burst; over the SLICES ticks of an interval every site is written once."""
+    clock = Clock()
+    ctl = MetricsHistoryController(store, WatchHub(store), clock=clock)
+    sites = 240
+    for i in range(sites):
+        report(ctl, f"s{i}", i, memory=30)
+    per_tick = [asyncio.run(ctl.flush(part=tick)) for tick in range(SLICES)]
+    assert sum(per_tick) == sites  # every site, once
+    assert max(per_tick) <= sites // 4  # spread: no tick writes the bulk
+    assert len(store.list("acme", SITE_METRICS.kind).items) == sites
+    assert asyncio.run(ctl.flush()) == 0  # nothing left behind for a full flush
+
+
+def test_the_running_flush_loop_writes_every_site_within_an_interval(store: Store) -> None:
+    async def scenario() -> None:
+        hub = WatchHub(store, poll_interval=0.05)
+        await hub.start()
+        ctl = MetricsHistoryController(store, hub, flush_interval=1.2)
+        task = asyncio.create_task(ctl.run())
+        try:
+            await asyncio.wait_for(ctl.synced.wait(), 10)
+            for i in range(48):
+                report(ctl, f"s{i}", i, memory=30)
+            for _ in range(60):  # one interval is 1.2 s; allow for a slow machine
+                if len(store.list("acme", SITE_METRICS.kind).items) == 48:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(store.list("acme", SITE_METRICS.kind).items) == 48
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await hub.stop()
+
+    asyncio.run(scenario())
 
 
 def test_a_report_that_repeats_lastseen_is_not_a_sample(store: Store) -> None:

@@ -13,7 +13,10 @@ resolution's retention are dropped: a site's history never grows past
 ``sum(retention / step)`` points.
 
 Writes are batched: every ``flush_interval`` the sites whose history changed are written,
-``MAX_BATCH`` per transaction; a site report itself never writes anything here.
+``MAX_BATCH`` per transaction; a site report itself never writes anything here. The flush
+is spread over the interval, one of ``SLICES`` fixed parts of the fleet at a time, so that
+10,000 sites cost a few hundred writes every few seconds rather than one burst of 10,000
+that delays whatever the server is doing then (a fan-out, a rollout wave).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import datetime as dt
 import logging
 import re
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 SiteKey = tuple[str, str]
 Point = list[float | None]  # [epoch seconds (window start), cpu %, memory %, disk %]
 MAX_BATCH = 256
+SLICES = 12  # the flush loop writes one part of the sites every flush_interval / SLICES
 DEFAULT_RETENTION = "1m:3h,10m:24h,1h:7d"
 _SPAN = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -202,6 +207,7 @@ class SiteHistory:
     bucket: _Bucket | None = None
     last_seen: str | None = None
     dirty: bool = False
+    part: int = 0  # which of the SLICES flush ticks writes this site
 
     def add(self, now: float, sample: tuple[float | None, ...]) -> None:
         cpu, memory, disk = sample
@@ -274,12 +280,18 @@ class MetricsHistoryController:
     async def run(self) -> None:
         await run_controller("metrics-history", self._sync_and_follow, self._flush_loop)
 
-    def _empty(self) -> SiteHistory:
-        return SiteHistory(columns=[Column(level) for level in self.levels])
+    def _history(self, key: SiteKey) -> SiteHistory:
+        history = self.sites.get(key)
+        if history is None:
+            # A stable part per site (not hash(), which changes per process): each site is
+            # flushed at the same point of every interval, before and after a restart.
+            part = zlib.crc32(f"{key[0]}/{key[1]}".encode()) % SLICES
+            history = self.sites[key] = SiteHistory([Column(level) for level in self.levels], part=part)
+        return history
 
     def _load(self, tenant: str, obj: Obj) -> None:
         """A stored SiteMetrics: its points per resolution we keep (others are dropped)."""
-        history = self.sites.setdefault((tenant, obj["metadata"]["name"]), self._empty())
+        history = self._history((tenant, obj["metadata"]["name"]))
         status = obj.get("status") or {}
         stored = {s.get("resolution"): s for s in status.get("series") or [] if isinstance(s, dict)}
         history.columns = [Column(level, stored.get(level.name)) for level in self.levels]
@@ -291,7 +303,7 @@ class MetricsHistoryController:
         seen = status.get("lastSeen")
         if not isinstance(seen, str) or not seen:
             return
-        history = self.sites.setdefault((tenant, site["metadata"]["name"]), self._empty())
+        history = self._history((tenant, site["metadata"]["name"]))
         if history.last_seen == seen:
             return  # not a report (a health write, a relabel)
         history.last_seen = seen
@@ -312,7 +324,7 @@ class MetricsHistoryController:
             else:
                 sites.add((tenant, obj["metadata"]["name"]))
                 seen = (obj.get("status") or {}).get("lastSeen")
-                history = self.sites.setdefault((tenant, obj["metadata"]["name"]), self._empty())
+                history = self._history((tenant, obj["metadata"]["name"]))
                 history.last_seen = seen if isinstance(seen, str) else None  # sampled already
         self.gone = set(self.sites) - sites
         self.synced.set()
@@ -327,19 +339,25 @@ class MetricsHistoryController:
                 self.observe(ev.tenant, ev.object)
 
     async def _flush_loop(self) -> None:
+        tick = 0
         while True:
-            await asyncio.sleep(self.flush_interval)
+            await asyncio.sleep(self.flush_interval / SLICES)
             try:
-                await self.flush()
+                await self.flush(part=tick)
             except Exception:
                 log.exception("metrics history flush failed")
+            tick = (tick + 1) % SLICES
 
-    async def flush(self) -> int:
-        """Close buckets whose window passed, write every changed history; how many written."""
+    async def flush(self, part: int | None = None) -> int:
+        """Close buckets whose window passed, write every changed history (or those of one
+        ``part`` of the sites, 0 to ``SLICES - 1``); how many written. Deleted sites' metrics
+        go at every call."""
         now = self.clock()
         step = self.levels[0].step
         due: list[tuple[SiteKey, dict[str, Any] | None]] = []
         for key, history in self.sites.items():
+            if part is not None and history.part != part:
+                continue
             if history.bucket is not None and now >= history.bucket.start + step:
                 history.close(now)
             if history.dirty:
