@@ -321,3 +321,8 @@ def test_the_writers_score_waits_for_its_own_revision_and_is_dropped_when_not_co
     controller.forget_prescored("acme", "s0")  # the batch raised: nothing committed
     controller._fold("acme", at(revision + 3), False)
     assert controller.view.sites[("acme", "s0")].health is not scored[1].health
+
+    # A site deleted before its write's event: nothing of it stays behind.
+    controller.prescored("acme", "s0", str(revision + 5), scored[1])
+    controller._fold("acme", at(revision + 4), True)
+    assert ("acme", "s0") not in controller.view.sites and not controller._prescored

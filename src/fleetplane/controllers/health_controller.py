@@ -316,6 +316,7 @@ class HealthController:
                 self.view.remove_site(*key)
                 self._dirty.discard(key)
                 self._last_write.pop(key, None)
+                self._prescored.pop(key, None)
             else:
                 self._track(key, self.view.set_site(tenant, obj, now, self._taken(key, obj)))
         elif kind == VIRTUAL_SITE.kind:
