@@ -8,6 +8,7 @@ kind's Pydantic schema validates ``spec``/``status`` at the edges.
 from __future__ import annotations
 
 import copy
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,8 +44,16 @@ class ObjectKey:
         return f"{self.tenant}:{self.kind}/{where}{self.name}"
 
 
+_NOW: tuple[int, str] = (-1, "")  # (epoch second, its text): one strftime per second
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    global _NOW
+    second = int(time.time())
+    cached = _NOW  # one read: another thread may replace it, never half of it
+    if cached[0] != second:
+        cached = _NOW = (second, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second)))
+    return cached[1]
 
 
 def parse_timestamp(value: object) -> float | None:

@@ -47,6 +47,11 @@ from fleetplane.server.tls import TRUST
 log = logging.getLogger("fleetplane.server")
 
 
+def _too_big(limit: int) -> ApiError:
+    # Made when a body is refused, not for every request: this layer sees every site call.
+    return ApiError(413, "RequestEntityTooLarge", f"the request body is larger than {limit} bytes")
+
+
 class BodyLimit:
     """Refuse request bodies over the limit with 413, declared or streamed."""
 
@@ -62,10 +67,9 @@ class BodyLimit:
             return
         path = scope.get("path", "")
         limit = next((size for rx, size in self.overrides if rx.match(path)), self.limit)
-        too_big = ApiError(413, "RequestEntityTooLarge", f"the request body is larger than {limit} bytes")
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await JsonResponse(too_big.to_status(), status_code=413)(scope, receive, send)
+                await JsonResponse(_too_big(limit).to_status(), status_code=413)(scope, receive, send)
                 return
         seen = 0
 
@@ -74,7 +78,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise too_big
+                raise _too_big(limit)
             return message
 
         await self.app(scope, counting, send)
