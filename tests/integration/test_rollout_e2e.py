@@ -150,9 +150,30 @@ def phase_is(server: ServerProcess, name: str, *phases: str, namespace: str = "o
         status = rollout(server, name, namespace).get("status") or {}
         if status.get("phase") in phases:
             return status
-        return Pending(f"{name}: {status.get('phase')} {status.get('counts')} {status.get('message')}")
+        return Pending(
+            f"{name}: {status.get('phase')} {status.get('counts')} {status.get('message')}"
+            + in_progress(server, status)
+        )
 
     return check
+
+
+def in_progress(server: ServerProcess, status: dict[str, Any]) -> str:
+    """For a timeout message: the sites a rollout waits on, as the server holds them (what
+    they last reported, which manifest generation they were given)."""
+    waiting = sorted(n for n, r in (status.get("sites") or {}).items() if r.get("state") == "InProgress")
+    if not waiting:
+        return ""
+    found, mans = sites(server), manifests(server)
+    lines = []
+    for site in waiting[:5]:
+        st = (found.get(site) or {}).get("status") or {}
+        given = (mans.get(site) or {}).get("metadata", {}).get("generation")
+        lines.append(
+            f"\n  waiting on {site}: rollout {status['sites'][site]}; site {st.get('phase')}, "
+            f"last seen {st.get('lastSeen')}, reports {st.get('manifest')}; manifest generation {given}"
+        )
+    return "".join(lines)
 
 
 def act(server: ServerProcess, name: str, namespace: str = "ops", **fields: bool) -> None:
