@@ -99,7 +99,7 @@ def test_fleet_survives_a_60s_server_outage(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(new_token(server, "fleet", {"fleet": "outage"}) + "\n")
     sim = Simulator(server, tmp_path / "sim", token_file, "--sites", str(FLEET), "--seed", "11")
-    logs: tuple[Callable[[], str], ...] = (sim.output, server.log_tail)
+    logs: tuple[Callable[[], str], ...] = (sim.output, sim.silent, server.log_tail)
     try:
         sim.start()
         wait_for(

@@ -77,6 +77,29 @@ class Simulator:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
 
+    def silent(self, timeout: float = 5.0) -> str:
+        """Ask the simulator which agents are silent and where they wait (SIGUSR1; its
+        workers answer each for its own sites); what it printed, for a failure message."""
+        if self.proc is None or self.proc.poll() is not None:
+            return "<simulator not running>"
+        start = self.log.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline, workers = time.monotonic() + timeout, self._workers()
+        text = ""
+        while time.monotonic() < deadline:
+            with self.log.open("rb") as f:
+                f.seek(start)
+                text = f.read().decode(errors="replace")
+            if text.count("agents silent for over") >= workers:
+                break
+            time.sleep(0.1)
+        return text[-6000:]
+
+    def _workers(self) -> int:
+        if "--processes" in self.args:
+            return max(1, int(self.args[self.args.index("--processes") + 1]))
+        return 1
+
 
 class Pending(str):
     """Not there yet (and why): a check's answer that keeps ``wait_for`` waiting."""
@@ -286,3 +309,68 @@ def test_simulated_fleet(server: ServerProcess, tmp_path: Path) -> None:
     finally:
         sim.stop()
         late.stop()
+
+
+def test_the_simulator_says_which_agents_are_silent_and_where_they_wait(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """``kill -USR1`` on ``fleetplane simulate`` (two workers) while the server is frozen:
+    every site is listed as silent, with the call it waits in; the simulator goes on."""
+    with server.client() as c:
+        token = c.create(
+            "registrationtokens",
+            {
+                "apiVersion": "fleetplane.io/v1",
+                "kind": "RegistrationToken",
+                "metadata": {"name": "silent"},
+                "spec": {"autoAccept": True, "labels": {"fleet": "silent"}},
+            },
+        )["status"]["token"]
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    sim = Simulator(
+        server,
+        tmp_path / "sim",
+        token_file,
+        "--sites",
+        "4",
+        "--prefix",
+        "quiet",
+        "--seed",
+        "4",
+        "--processes",
+        "2",
+    )
+    try:
+        sim.start()
+
+        def online() -> bool | Pending:
+            found = sites(server, "fleet=silent")
+            up = [n for n, s in found.items() if (s.get("status") or {}).get("phase") == "Online"]
+            return len(up) == 4 or Pending(f"{len(up)} of 4 online")
+
+        wait_for("4 sites Online", online, 60, sim.output, server.log_tail)
+        assert "0 of 2 agents silent" in sim.silent()  # each worker runs 2; none silent yet
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)  # the server takes calls and answers none
+        try:
+            time.sleep(3.5)  # heartbeat 1 s: silent after 2 s
+            dump = sim.silent()
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        assert dump.count("2 of 2 agents silent for over 2 s") == 2, dump
+        for name in sites(server, "fleet=silent"):
+            assert f"{name}: silent " in dump, dump
+        waits = [line for line in dump.splitlines() if line.startswith("  waiting in ")]
+        assert len(waits) == 4, dump
+        for line in waits:  # in the agent's round, inside its one call to the server
+            assert "fleetplane/agent/core.py" in line and "fleetplane/client/site.py" in line, line
+        assert sim.proc is not None and sim.proc.poll() is None, sim.output()  # SIGUSR1 kills nothing
+
+        def reporting() -> bool | Pending:
+            now = sim.silent()
+            return now.count("0 of 2 agents silent") == 2 or Pending(now)
+
+        wait_for("the agents report again", reporting, 30, sim.output, server.log_tail)
+    finally:
+        sim.stop()

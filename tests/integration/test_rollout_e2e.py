@@ -37,7 +37,9 @@ class Fleet:
         self.server, self.sims = server, sims
 
     def logs(self) -> tuple[Any, ...]:
-        return (*(s.output for s in self.sims), self.server.log_tail)
+        # On a timeout: each simulator's log tail, which agents are silent and where they
+        # wait (SIGUSR1), and the server's log tail.
+        return (*(s.output for s in self.sims), *(s.silent for s in self.sims), self.server.log_tail)
 
 
 def create(server: ServerProcess, plural: str, obj: dict[str, Any], namespace: str | None = None) -> None:

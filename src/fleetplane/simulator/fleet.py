@@ -37,6 +37,7 @@ from fleetplane.client import AsyncSiteClient
 from fleetplane.core.errors import ApiError
 from fleetplane.core.process_tuning import run_loop, tune_for_service
 from fleetplane.simulator.cities import CITIES, REGIONS, City
+from fleetplane.simulator.silent import silent_agents
 
 log = logging.getLogger("fleetplane.simulator")
 
@@ -316,6 +317,14 @@ class FleetRunner:
                 print(f"simulator{self.label}: {line}", file=sys.stderr, flush=True)
                 last = line
 
+    def dump_silent(self) -> None:
+        """``kill -USR1``: print every agent silent for more than twice its heartbeat and
+        where it waits (a site cut off, or stuck: the line says which)."""
+        count, lines = silent_agents(self.runs, self.config.heartbeat)
+        over = 2 * self.config.heartbeat
+        head = f"simulator{self.label}: {count} of {len(self.runs)} agents silent for over {over:g} s"
+        print("\n".join([head, *lines]), file=sys.stderr, flush=True)
+
     def summary(self) -> str:
         cores = [r.core for r in self.runs if r.core is not None]
         reporting = sum(1 for c in cores if c.reports and c.connected)
@@ -352,6 +361,8 @@ async def run_process(config: SimulateConfig, indices: Sequence[int], label: str
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, runner.stop)
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGUSR1, runner.dump_silent)
     await runner.run()
 
 
@@ -374,6 +385,9 @@ def _setup_logging(level: int = logging.WARNING) -> None:
 
 def simulate(config: SimulateConfig) -> int:
     """Run the fleet until SIGTERM/SIGINT; returns the exit code."""
+    # Until the event loop's handler (or, with workers, `forward`) takes over: a dump asked
+    # for during start-up must not kill the simulator (SIGUSR1's default). Inherited by workers.
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     ensure_private_dir(config.data_dir)
     write_private(
         config.data_dir / "simulator.json",
@@ -402,10 +416,11 @@ def simulate(config: SimulateConfig) -> int:
         for p in procs:
             if p.is_alive() and p.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
+                    os.kill(p.pid, signal.SIGUSR1 if signum == signal.SIGUSR1 else signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGUSR1, forward)
     for p in procs:
         p.join()
     return max((p.exitcode or 0) for p in procs)
