@@ -350,7 +350,12 @@ def test_the_simulator_says_which_agents_are_silent_and_where_they_wait(
             return len(up) == 4 or Pending(f"{len(up)} of 4 online")
 
         wait_for("4 sites Online", online, 60, sim.output, server.log_tail)
-        assert "0 of 2 agents silent" in sim.silent()  # each worker runs 2; none silent yet
+
+        def reporting() -> bool | Pending:  # each worker runs 2 sites; none silent
+            now = sim.silent()
+            return now.count("0 of 2 agents silent") == 2 or Pending(now)
+
+        wait_for("the agents to report", reporting, 30, sim.output, server.log_tail)
         assert server.proc is not None
         server.proc.send_signal(signal.SIGSTOP)  # the server takes calls and answers none
         try:
@@ -366,11 +371,6 @@ def test_the_simulator_says_which_agents_are_silent_and_where_they_wait(
         for line in waits:  # in the agent's round, inside its one call to the server
             assert "fleetplane/agent/core.py" in line and "fleetplane/client/site.py" in line, line
         assert sim.proc is not None and sim.proc.poll() is None, sim.output()  # SIGUSR1 kills nothing
-
-        def reporting() -> bool | Pending:
-            now = sim.silent()
-            return now.count("0 of 2 agents silent") == 2 or Pending(now)
-
         wait_for("the agents report again", reporting, 30, sim.output, server.log_tail)
     finally:
         sim.stop()
