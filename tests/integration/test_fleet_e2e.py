@@ -5,7 +5,8 @@ Online with nodes and usage; a VirtualSite + ResourceReservation reaches every m
 (``status.manifest.state == Applied`` at the manifest's generation) and no other site; a site
 relabelled out loses the section; a matching site that joins later gets it on first connect;
 the simulator killed (SIGKILL, like a power cut) and restarted keeps every identity (no new
-registration) and converges to a change made while it was down.
+registration) and converges to a change made while it was down. And ``kill -USR1`` on the
+simulator, while the server is frozen, lists every silent agent with the call it waits in.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def await_chain(awaitable: Any) -> tuple[list[str], str]:
     is not a coroutine, when it can say what it is (``""`` for a bare future)."""
     frames: list[str] = []
     node = awaitable
-    for _ in range(64):  # a bound, not a guess: real chains are a dozen deep
+    for _ in range(64):  # real chains are a dozen deep; the bound only guards against a cycle
         frame: FrameType | None = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
         if frame is None:
             frame = getattr(node, "ag_frame", None)
