@@ -326,3 +326,48 @@ def test_the_writers_score_waits_for_its_own_revision_and_is_dropped_when_not_co
     controller.prescored("acme", "s0", str(revision + 5), scored[1])
     controller._fold("acme", at(revision + 4), True)
     assert ("acme", "s0") not in controller.view.sites and not controller._prescored
+
+
+def test_a_score_that_moves_while_its_write_runs_is_written_next(store: Store) -> None:
+    """The flush writes a score in a worker thread; a policy folded meanwhile moves the score.
+    The controller must remember what it wrote, not the newer score, or the store keeps the
+    old one until the site next reports (here: never)."""
+    hits = {"default/github/allow-github": 10, "default/github/default-egress": 90}
+    site = report(store, "s0", policyHits=hits)
+    policy = store.create(
+        "acme",
+        NETWORK_POLICY.normalize(
+            {
+                "metadata": {"name": "github", "namespace": "default"},
+                "spec": {
+                    "virtualSites": ["everywhere"],
+                    "egress": [{"name": "allow-github", "action": "allow", "domains": ["github.com"]}],
+                    "defaultAction": {"egress": "deny"},
+                },
+            }
+        ),
+    )
+    controller = HealthController(store, WatchHub(store), tick=0.05, min_interval=0.0)
+    controller.synced.set()
+    controller.enable_writes()
+    controller._fold("acme", site, False)  # the site, before the policy: security 100
+    write = controller._write
+
+    def write_while_the_policy_folds(batch: list[tuple[Any, dict[str, Any]]]) -> list[Any]:
+        done = write(batch)
+        # The policy's event, folded on the loop while this thread finishes (the loop waits
+        # on this thread here, so touching the view from it is safe in this test).
+        controller._fold("acme", policy, False)
+        return done
+
+    async def scenario() -> None:
+        controller._write = write_while_the_policy_folds  # type: ignore[method-assign]
+        assert await controller.flush() == 1
+        first = stored_health(store, "s0")
+        assert first is not None and first["parts"]["security"] == 100  # the score it wrote
+        controller._write = write  # type: ignore[method-assign]
+        assert await controller.flush() == 1  # the moved score is still due
+        second = stored_health(store, "s0")
+        assert second is not None and second["parts"]["security"] == 60
+
+    asyncio.run(scenario())

@@ -406,11 +406,17 @@ class HealthController:
                 log.warning("could not write site health: %s", exc)
                 self._dirty |= {key for key, _ in batch}
                 continue
+            wrote = dict(batch)
             for key in done:
                 self._last_write[key] = now
                 entry = self.view.sites.get(key)
                 if entry is not None:
-                    entry.stored = entry.health.to_status()
+                    # What this write stored, not the entry's score now: an event folded
+                    # while the write ran (a policy, a report) may have moved the score
+                    # since, and then the site is still due.
+                    entry.stored = wrote[key]
+                    if entry.health.to_status() != entry.stored:
+                        self._dirty.add(key)
             written += len(done)
         self.writes += written
         return written
