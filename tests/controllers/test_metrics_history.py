@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,23 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     yield s
     s.close()
+
+
+@contextlib.asynccontextmanager
+async def running(store: Store, **kw: Any) -> AsyncIterator[MetricsHistoryController]:
+    """The controller running on a live watch, once it has read the store."""
+    hub = WatchHub(store, poll_interval=0.05)
+    await hub.start()
+    ctl = MetricsHistoryController(store, hub, **kw)
+    task = asyncio.create_task(ctl.run())
+    try:
+        await asyncio.wait_for(ctl.synced.wait(), 10)
+        yield ctl
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await hub.stop()
 
 
 class Clock:
@@ -157,12 +174,7 @@ def test_the_flush_is_spread_over_the_interval_one_part_of_the_fleet_at_a_time(s
 
 def test_the_running_flush_loop_writes_every_site_within_an_interval(store: Store) -> None:
     async def scenario() -> None:
-        hub = WatchHub(store, poll_interval=0.05)
-        await hub.start()
-        ctl = MetricsHistoryController(store, hub, flush_interval=1.2)
-        task = asyncio.create_task(ctl.run())
-        try:
-            await asyncio.wait_for(ctl.synced.wait(), 10)
+        async with running(store, flush_interval=1.2) as ctl:
             for i in range(48):
                 report(ctl, f"s{i}", i, memory=30)
             for _ in range(60):  # one interval is 1.2 s; allow for a slow machine
@@ -170,11 +182,6 @@ def test_the_running_flush_loop_writes_every_site_within_an_interval(store: Stor
                     break
                 await asyncio.sleep(0.1)
             assert len(store.list("acme", SITE_METRICS.kind).items) == 48
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await hub.stop()
 
     asyncio.run(scenario())
 
@@ -199,12 +206,7 @@ def test_restart_keeps_the_history_and_deleting_the_site_deletes_it(store: Store
     assert len(points(stored(store, "a"), "1m")) == 4
 
     async def scenario() -> None:
-        hub = WatchHub(store, poll_interval=0.05)
-        await hub.start()
-        again = MetricsHistoryController(store, hub, retention="1m:1h", clock=clock, flush_interval=3600)
-        task = asyncio.create_task(again.run())
-        try:
-            await asyncio.wait_for(again.synced.wait(), 10)
+        async with running(store, retention="1m:1h", clock=clock, flush_interval=3600) as again:
             clock.now = T0 + 6 * 60
             report(again, "a", 99, memory=55)
             await again.flush()
@@ -216,11 +218,6 @@ def test_restart_keeps_the_history_and_deleting_the_site_deletes_it(store: Store
                 await asyncio.sleep(0.02)
             await again.flush()
             assert store.get_or_none("acme", SITE_METRICS.kind, "", "a") is None
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            await hub.stop()
 
     asyncio.run(scenario())
 

@@ -28,6 +28,7 @@ from tests.integration.test_fleet_e2e import (
     Simulator,
     applied_everywhere,
     manifests,
+    new_token,
     sites,
     wait_for,
 )
@@ -37,20 +38,6 @@ pytestmark = pytest.mark.slow
 FLEET = 50
 OUTAGE_SECONDS = 60
 OFFLINE_AFTER = 5
-
-
-def new_token(server: ServerProcess, name: str, labels: dict[str, str]) -> str:
-    with server.client() as c:
-        token: str = c.create(
-            "registrationtokens",
-            {
-                "apiVersion": "fleetplane.io/v1",
-                "kind": "RegistrationToken",
-                "metadata": {"name": name},
-                "spec": {"autoAccept": True, "labels": labels},
-            },
-        )["status"]["token"]
-    return token
 
 
 def reserve(server: ServerProcess, selector: str, cpu: str) -> None:

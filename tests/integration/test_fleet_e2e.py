@@ -102,6 +102,21 @@ class Simulator:
         return 1
 
 
+def new_token(server: ServerProcess, name: str, labels: dict[str, str]) -> str:
+    """An auto-accept registration token whose sites get ``labels``."""
+    with server.client() as c:
+        token: str = c.create(
+            "registrationtokens",
+            {
+                "apiVersion": "fleetplane.io/v1",
+                "kind": "RegistrationToken",
+                "metadata": {"name": name},
+                "spec": {"autoAccept": True, "labels": labels},
+            },
+        )["status"]["token"]
+    return token
+
+
 class Pending(str):
     """Not there yet (and why): a check's answer that keeps ``wait_for`` waiting."""
 
@@ -162,18 +177,8 @@ def applied_everywhere(server: ServerProcess, names: set[str], *, reserved: bool
 
 
 def test_simulated_fleet(server: ServerProcess, tmp_path: Path) -> None:
-    with server.client() as c:
-        token = c.create(
-            "registrationtokens",
-            {
-                "apiVersion": "fleetplane.io/v1",
-                "kind": "RegistrationToken",
-                "metadata": {"name": "sim-fleet"},
-                "spec": {"autoAccept": True, "labels": {"fleet": "sim"}},
-            },
-        )["status"]["token"]
     token_file = tmp_path / "token"
-    token_file.write_text(token + "\n")
+    token_file.write_text(new_token(server, "sim-fleet", {"fleet": "sim"}) + "\n")
     sim = Simulator(
         server, tmp_path / "sim", token_file, "--sites", str(SITES), "--seed", "3", "--processes", "2"
     )
@@ -317,18 +322,8 @@ def test_the_simulator_says_which_agents_are_silent_and_where_they_wait(
 ) -> None:
     """``kill -USR1`` on ``fleetplane simulate`` (two workers) while the server is frozen:
     every site is listed as silent, with the call it waits in; the simulator goes on."""
-    with server.client() as c:
-        token = c.create(
-            "registrationtokens",
-            {
-                "apiVersion": "fleetplane.io/v1",
-                "kind": "RegistrationToken",
-                "metadata": {"name": "silent"},
-                "spec": {"autoAccept": True, "labels": {"fleet": "silent"}},
-            },
-        )["status"]["token"]
     token_file = tmp_path / "token"
-    token_file.write_text(token + "\n")
+    token_file.write_text(new_token(server, "silent", {"fleet": "silent"}) + "\n")
     sim = Simulator(
         server,
         tmp_path / "sim",

@@ -13,7 +13,7 @@ import asyncio
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import CoroutineType, FrameType, GeneratorType
+from types import FrameType
 from typing import Any, Protocol
 
 from fleetplane.agent.core import AgentCore
@@ -35,6 +35,10 @@ class AgentRun(Protocol):
     def error(self) -> str: ...
 
 
+_FRAMES = ("cr_frame", "gi_frame", "ag_frame")  # a coroutine's, a generator's, an async generator's
+_AWAITS = ("cr_await", "gi_yieldfrom", "ag_await")  # ... and what each one waits on
+
+
 def await_chain(awaitable: Any) -> tuple[list[str], str]:
     """The frames of a suspended coroutine and of everything it awaits, outermost first, as
     ``file:line function`` (file relative to its package), and the innermost awaitable that
@@ -42,27 +46,21 @@ def await_chain(awaitable: Any) -> tuple[list[str], str]:
     frames: list[str] = []
     node = awaitable
     for _ in range(64):  # real chains are a dozen deep; the bound only guards against a cycle
-        frame: FrameType | None = getattr(node, "cr_frame", None) or getattr(node, "gi_frame", None)
-        if frame is None:
-            frame = getattr(node, "ag_frame", None)
-        if frame is not None:
-            frames.append(_where(frame))
-        inner = _awaited(node)
-        if inner is None:
-            break
-        if not isinstance(inner, CoroutineType | GeneratorType) and not hasattr(inner, "ag_frame"):
+        if not any(hasattr(node, name) for name in _FRAMES):
             # A future's iterator (C asyncio) does not say which future: the frame above does.
-            leaf = "" if type(inner).__name__ == "FutureIter" else _short(repr(inner))
+            leaf = "" if type(node).__name__ == "FutureIter" else _short(repr(node))
             return frames[-MAX_FRAMES:], leaf
-        node = inner
+        frame: FrameType | None = _first(node, _FRAMES)
+        if frame is not None:  # None once finished
+            frames.append(_where(frame))
+        node = _first(node, _AWAITS)
+        if node is None:
+            break
     return frames[-MAX_FRAMES:], ""
 
 
-def _awaited(node: Any) -> Any:
-    for attr in ("cr_await", "gi_yieldfrom", "ag_await"):
-        if hasattr(node, attr):
-            return getattr(node, attr)
-    return None
+def _first(node: Any, names: tuple[str, ...]) -> Any:
+    return next((getattr(node, name) for name in names if hasattr(node, name)), None)
 
 
 def _where(frame: FrameType) -> str:
