@@ -17,6 +17,7 @@ from fleetplane.controllers.health import (
     deny_keys_of,
     evaluate,
     load_percent,
+    scored_status,
     summarize,
 )
 from fleetplane.core.objects import Obj
@@ -197,6 +198,48 @@ def test_load_percent_from_usage_or_reported_percentages() -> None:
     assert load_percent(site()["status"]) == (25.0, 25.0)
     assert load_percent({"usage": {"cpuPercent": 40, "memoryPercent": 60}}) == (40.0, 60.0)
     assert load_percent({}) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {},
+        {"lastSeen": stamp(NOW - 20), "link": {"latencyMs": 400, "lossPercent": 3}},
+        {"phase": "Decommissioned"},
+        {"nodes": [{"name": f"n{i}", "ready": i % 3 != 0, "diskBytes": 100} for i in range(9)]},
+        {"os": {"running": "v2", "lastResult": {"outcome": "FellBack", "version": "v3"}}},
+        {"identity": {"serial": "02", "notAfter": stamp(NOW + 3 * DAY)}},
+        {"policyHits": {"default/p/deny-all": 40, "default/p/allow-web": 60}},
+        {"usage": {"cpuPercent": 96, "memoryPercent": 91}},
+        {
+            "manifest": {
+                "generation": 4,
+                "state": "Failed",
+                "items": [
+                    item("Applied"),
+                    item("Failed", name="a"),
+                    item("Failed", "OOMKilled", name="b"),
+                    item("InProgress", "CrashLoopBackOff", name="c"),
+                ],
+            }
+        },
+    ],
+)
+def test_the_scored_part_of_a_status_scores_as_the_whole(status: dict[str, Any]) -> None:
+    whole = site(**status)["status"]
+    part = scored_status(whole)
+    deny = frozenset({"default/p/deny-all"})
+    for now in (NOW, NOW + 20, NOW + 5 * DAY):  # the view scores it again as time passes
+        scored = evaluate({"status": part}, now, deny_keys=deny)
+        assert scored == evaluate({"status": whole}, now, deny_keys=deny)
+    # ... and keeps no more than scoring reads: no inventory, no healthy items
+    assert [n for n in part.get("nodes", []) if n != {"ready": False}] == []
+    assert all(i["state"] == "Failed" or i.get("reason") for i in part.get("manifest", {}).get("items", []))
+    assert set(part) <= {"phase", "lastSeen", "link", "policyHits", "usage", "allocatable", "manifest"} | {
+        "nodes",
+        "os",
+        "identity",
+    }
 
 
 def test_two_parts_down_is_orange_at_50_and_three_is_red() -> None:

@@ -264,27 +264,28 @@ def test_a_site_event_takes_the_writers_score_unless_the_policies_moved(store: S
 
     def probe(controller: HealthController) -> Any:
         entry = controller.view.sites.get(("acme", "s0"))
-        return ((entry.status.get("conditions") or [{}])[0].get("status")) if entry else None
+        # A latency that costs nothing marks which write the entry holds.
+        return (entry.status.get("link") or {}).get("latencyMs") if entry else None
 
     async def scenario() -> None:
         async with running(store, min_interval=0.0) as controller:
             # Deny keys unchanged: the event's entry holds the very score the writer made.
-            wanted = status(policyHits=hits, conditions=[{"type": "Probe", "status": "r1"}])
+            wanted = status(policyHits=hits, link={"latencyMs": 1})
             scored = controller.score_report("acme", "s0", wanted)
             assert scored is not None
             await asyncio.to_thread(write, controller, wanted, scored)
-            await eventually(lambda: probe(controller) == "r1")
+            await eventually(lambda: probe(controller) == 1)
             assert controller.view.sites[("acme", "s0")].health is scored[1].health
             assert scored[1].health.to_status()["parts"]["security"] == 100
 
             # Scored before the policy is folded, written after: the event scores afresh.
-            wanted = status(policyHits=hits, conditions=[{"type": "Probe", "status": "r2"}])
+            wanted = status(policyHits=hits, link={"latencyMs": 2})
             scored = controller.score_report("acme", "s0", wanted)
             assert scored is not None and scored[1].health.to_status()["parts"]["security"] == 100
             await asyncio.to_thread(store.create, "acme", policy)
             await eventually(lambda: bool(controller.view.deny.get("acme")))
             await asyncio.to_thread(write, controller, wanted, scored)
-            await eventually(lambda: probe(controller) == "r2")
+            await eventually(lambda: probe(controller) == 2)
             entry = controller.view.sites[("acme", "s0")]
             assert entry.health is not scored[1].health
             assert entry.health.to_status()["parts"]["security"] == 60

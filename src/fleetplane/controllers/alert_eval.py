@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetplane.controllers.health_controller import FleetHealth, SiteEntry
-from fleetplane.controllers.metrics_history import disk_percent
 from fleetplane.core.objects import parse_timestamp
 from fleetplane.core.selectors import Selector, SelectorError, parse_any
 from fleetplane.kinds.alerts import MAX_LISTED, ROLLOUT_EXPRESSIONS, AlertRuleSpec
@@ -95,7 +94,7 @@ def site_value(expr: str, entry: SiteEntry, now: float) -> float | None:
     if expr == "site.memory.percent":
         return entry.memory
     if expr == "site.disk.percent":
-        return disk_percent(entry.status)
+        return entry.disk
     if expr == "site.connected":
         return 0.0 if entry.phase == "Offline" else 1.0
     if expr == "site.certificate.daysLeft":

@@ -140,12 +140,16 @@ def connectivity(
 CRASH_MARKERS = ("CrashLoopBackOff", "OOMKilled")
 
 
+def _crashing(item: Mapping[str, Any]) -> bool:
+    return any(m in str(item.get("reason") or "") for m in CRASH_MARKERS)
+
+
 def reliability(status: Mapping[str, Any]) -> _Part:
     """Each failed manifest item -20 (at most -60), each crash-looping workload -30 (at most
     -60), each node not ready -15 (at most -45), an OS upgrade that fell back -30."""
     part = _Part()
     items = (status.get("manifest") or {}).get("items") or []
-    crashing = [i for i in items if any(m in str(i.get("reason") or "") for m in CRASH_MARKERS)]
+    crashing = [i for i in items if _crashing(i)]
     failed = [i for i in items if i.get("state") == "Failed" and i not in crashing]
     if failed:
         names = ", ".join(f"{i.get('section')}/{i.get('name')}" for i in failed[:3])
@@ -224,6 +228,41 @@ def load_percent(status: Mapping[str, Any]) -> tuple[float | None, float | None]
             reported = _number(usage.get(pct_key))
             out.append(None if reported is None else min(100.0, reported))
     return out[0], out[1]
+
+
+def disk_percent(status: Mapping[str, Any]) -> float | None:
+    """Disk use in % of the nodes' disk capacity; None when unknown."""
+    used = (status.get("usage") or {}).get("diskBytes")
+    nodes = status.get("nodes") or []
+    capacity = sum(int(n.get("diskBytes") or 0) for n in nodes if isinstance(n, dict))
+    if not isinstance(used, int | float) or capacity <= 0:
+        return None
+    return min(100.0, 100.0 * used / capacity)
+
+
+def scored_status(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a ``Site.status`` that ``evaluate`` reads, and no more: ``evaluate`` of it
+    gives what ``evaluate`` of the whole status gives. A view that scores a site again as
+    time passes keeps this instead of the report, whose node inventory, pods and healthy
+    manifest items were about a quarter of a server's memory per connected site."""
+    out = {key: status[key] for key in _SCORED_AS_IS if key in status}
+    items = (status.get("manifest") or {}).get("items") or []
+    bad = [i for i in items if i.get("state") == "Failed" or _crashing(i)]
+    if bad:
+        out["manifest"] = {"items": bad}
+    not_ready = sum(1 for n in status.get("nodes") or [] if n.get("ready") is False)
+    if not_ready:
+        out["nodes"] = [{"ready": False}] * not_ready
+    last = (status.get("os") or {}).get("lastResult")
+    if last:
+        out["os"] = {"lastResult": last}
+    not_after = (status.get("identity") or {}).get("notAfter")
+    if not_after is not None:
+        out["identity"] = {"notAfter": not_after}
+    return out
+
+
+_SCORED_AS_IS = ("phase", "lastSeen", "link", "policyHits", "usage", "allocatable")
 
 
 def _pressure(pct: float | None, what: str, part: _Part) -> None:

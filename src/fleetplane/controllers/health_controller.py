@@ -28,7 +28,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fleetplane.controllers.health import Health, Scored, deny_keys_of, evaluate, load_percent, summarize
+from fleetplane.controllers.health import (
+    Health,
+    Scored,
+    deny_keys_of,
+    disk_percent,
+    evaluate,
+    load_percent,
+    scored_status,
+    summarize,
+)
 from fleetplane.controllers.loop import run_controller
 from fleetplane.controllers.membership import selector_of
 from fleetplane.core.errors import ApiError
@@ -53,11 +62,12 @@ _NO_DENY: frozenset[str] = frozenset()
 @dataclass(slots=True)
 class SiteEntry:
     name: str
-    status: dict[str, Any]
+    status: dict[str, Any]  # what scoring reads of the Site's status (``scored_status``)
     phase: str
     health: Health
     cpu: float | None
     memory: float | None
+    disk: float | None
     stored: dict[str, Any] | None  # the stored status.health, less observedAt
     # False for a site that never reported (no lastSeen): it has no health yet and is
     # left out of summaries and colour counts, and nothing is written for it.
@@ -108,11 +118,12 @@ class FleetHealth:
         cpu, memory = load_percent(status)
         entry = SiteEntry(
             name=name,
-            status=status,
+            status=scored_status(status),
             phase=str(status.get("phase") or "Pending"),
             health=health if health is not None else self.evaluate(tenant, name, status, now),
             cpu=cpu,
             memory=memory,
+            disk=disk_percent(status),
             stored=_stored_health(status),
             reported=bool(status.get("lastSeen")),
         )

@@ -9,7 +9,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from fleetplane.controllers.health_controller import SiteEntry
-from fleetplane.controllers.metrics_history import disk_percent
 
 __all__ = ["DEFAULT_THRESHOLDS", "RESOURCES", "distribution", "load_of", "resource_distribution"]
 
@@ -20,7 +19,7 @@ BIN = 10  # histogram bins of 10 percentage points: [0,10) ... [90,100]
 
 
 def load_of(entry: SiteEntry) -> dict[str, float | None]:
-    return {"cpu": entry.cpu, "memory": entry.memory, "disk": disk_percent(entry.status)}
+    return {"cpu": entry.cpu, "memory": entry.memory, "disk": entry.disk}
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetplane.controllers.health import load_percent
+from fleetplane.controllers.health import disk_percent, load_percent
 from fleetplane.controllers.loop import run_controller
 from fleetplane.core.errors import ApiError
 from fleetplane.core.objects import Obj
@@ -39,7 +39,7 @@ from fleetplane.core.store import EventType, Store
 from fleetplane.core.watch import ANY_TENANT, WatchFilter, WatchHub
 from fleetplane.kinds import SITE, SITE_METRICS
 
-__all__ = ["DEFAULT_RETENTION", "MetricsHistoryController", "Resolution", "decode", "disk_percent"]
+__all__ = ["DEFAULT_RETENTION", "MetricsHistoryController", "Resolution", "decode"]
 __all__ += ["parse_retention"]
 
 log = logging.getLogger(__name__)
@@ -90,15 +90,6 @@ def parse_retention(text: str) -> tuple[Resolution, ...]:
     if not out:
         raise ValueError("at least one resolution is needed, e.g. 1m:3h")
     return tuple(out)
-
-
-def disk_percent(status: dict[str, Any]) -> float | None:
-    used = (status.get("usage") or {}).get("diskBytes")
-    nodes = status.get("nodes") or []
-    capacity = sum(int(n.get("diskBytes") or 0) for n in nodes if isinstance(n, dict))
-    if not isinstance(used, int | float) or capacity <= 0:
-        return None
-    return min(100.0, 100.0 * used / capacity)
 
 
 def decode(series: dict[str, Any]) -> list[Point]:
