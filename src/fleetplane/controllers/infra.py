@@ -23,9 +23,12 @@ and writes only the difference, so a restart at any point converges.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any
+
+import orjson
 
 from fleetplane.controllers.loop import run_controller
 from fleetplane.core.errors import ApiError
@@ -128,7 +131,11 @@ class InfraController:
         self.hub = hub
         self.keep_cleared = keep_cleared
         self.flush_delay = flush_delay
-        self.reports: dict[SiteKey, dict[str, Any] | None] = {}  # sites and their infra report
+        # A digest of every site's infra report, to tell a change; the sync reads the report
+        # from the store. Held whole, a site's node inventory was a few KB of the server's
+        # memory per connected site.
+        self.reports: dict[SiteKey, bytes] = {}
+        self.pipeline_of: dict[SiteKey, dict[str, Any]] = {}  # the report's pipeline, if any
         self.inventories: dict[SiteKey, Obj] = {}
         self.pipelines: dict[PipeKey, Obj] = {}
         self.nodes: dict[SiteKey, dict[str, Obj]] = {}  # stored Nodes by site, then name
@@ -150,18 +157,23 @@ class InfraController:
         name = m["name"]
         if kind == SITE.kind:
             key = (tenant, name)
+            old = self.pipeline_of.pop(key, None) or {}
+            pipeline: dict[str, Any] = {}
             if deleted:
                 self.reports.pop(key, None)
             else:
                 report = (obj.get("status") or {}).get("infra")
-                if key in self.reports and self.reports[key] == report:
+                digest = hashlib.blake2b(orjson.dumps(report), digest_size=16).digest()
+                pipeline = (report or {}).get("pipeline") or {}
+                if pipeline:
+                    self.pipeline_of[key] = pipeline
+                if self.reports.get(key) == digest:
                     return
-                old = (self.reports.get(key) or {}).get("pipeline") or {}
-                self.reports[key] = report
-                for src in {old.get("source"), ((report or {}).get("pipeline") or {}).get("source")}:
-                    if isinstance(src, str) and "/" in src:
-                        ns, _, pname = src.partition("/")
-                        self._dirty_pipes.add((tenant, ns, pname))
+                self.reports[key] = digest
+            for src in {old.get("source"), pipeline.get("source")}:
+                if isinstance(src, str) and "/" in src:
+                    ns, _, pname = src.partition("/")
+                    self._dirty_pipes.add((tenant, ns, pname))
             self._dirty_sites.add(key)
         elif kind == SITE_INVENTORY.kind:
             key = (tenant, name)
@@ -188,7 +200,8 @@ class InfraController:
 
     async def _sync_and_follow(self) -> None:
         revision, objects = await asyncio.to_thread(self.store.scan, KINDS)
-        self.reports, self.inventories, self.pipelines, self.nodes, self.alarms = {}, {}, {}, {}, {}
+        self.reports, self.pipeline_of = {}, {}
+        self.inventories, self.pipelines, self.nodes, self.alarms = {}, {}, {}, {}
         for tenant, obj in objects:
             self._fold(tenant, obj, False)
         self._dirty_sites |= set(self.nodes) | set(self.alarms)
@@ -230,8 +243,9 @@ class InfraController:
 
     def _sync_site(self, key: SiteKey) -> None:
         tenant, site = key
-        exists = key in self.reports
-        report = self.reports.get(key)
+        stored = self.store.get_or_none(tenant, SITE.kind, "", site) if key in self.reports else None
+        exists = stored is not None
+        report: dict[str, Any] | None = ((stored or {}).get("status") or {}).get("infra")
         inventory = self.inventories.get(key)
         want = node_objects(site, inventory, report) if exists else {}
         have = dict(self.nodes.get(key) or {})
@@ -305,8 +319,7 @@ class InfraController:
         source = f"{ns}/{name}"
         sites: dict[str, dict[str, Any]] = {}
         counts: dict[str, int] = {}
-        for (t, site), report in sorted(self.reports.items()):
-            pipeline = (report or {}).get("pipeline") or {}
+        for (t, site), pipeline in sorted(self.pipeline_of.items()):
             if t != tenant or pipeline.get("source") != source:
                 continue
             state = str(pipeline.get("state") or "Idle")
