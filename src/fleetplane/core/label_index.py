@@ -5,9 +5,9 @@ into a set of object keys taken from posting sets ((label key, value) -> objects
 and presence sets (label key -> objects), and the sets are combined:
 
 * ``=`` / ``in``  -> union of the postings of the listed values   (include)
-* ``exists``      -> the presence set of the key                    (include)
+* ``exists``      -> union of all the postings of the key           (include)
 * ``!=`` / ``notin`` -> union of the postings of the listed values  (exclude)
-* ``!``           -> the presence set of the key                    (exclude)
+* ``!``           -> union of all the postings of the key           (exclude)
 
 The result is the intersection of the include sets, starting from the smallest,
 minus the exclude sets (or every object minus the exclude sets when nothing is
@@ -40,8 +40,9 @@ class LabelIndex(Generic[K]):
 
     def __init__(self) -> None:
         self._labels: dict[K, dict[str, str]] = {}
+        # No separate "objects with the key" sets: they doubled the index's memory (a few
+        # controllers each hold one over the whole fleet) for ``exists`` and ``!`` only.
         self._postings: dict[str, dict[str, builtins.set[K]]] = {}
-        self._with_key: dict[str, builtins.set[K]] = {}
         self._all: builtins.set[K] = builtins.set()
         self._empty: frozenset[K] = frozenset()
 
@@ -66,16 +67,10 @@ class LabelIndex(Generic[K]):
         new = dict(labels)
         old = old or {}
         for name, value in old.items():
-            if name not in new:
-                self._unpost(key, name, value)
-                self._discard(self._with_key, name, key)
-            elif new[name] != value:
+            if new.get(name) != value:
                 self._unpost(key, name, value)
         for name, value in new.items():
-            if name not in old:
-                self._with_key.setdefault(name, builtins.set()).add(key)
-                self._postings.setdefault(name, {}).setdefault(value, builtins.set()).add(key)
-            elif old[name] != value:
+            if old.get(name) != value:
                 self._postings.setdefault(name, {}).setdefault(value, builtins.set()).add(key)
         self._labels[key] = new
         self._all.add(key)
@@ -85,7 +80,6 @@ class LabelIndex(Generic[K]):
         labels = self._labels.pop(key)
         for name, value in labels.items():
             self._unpost(key, name, value)
-            self._discard(self._with_key, name, key)
         self._all.discard(key)
 
     def discard(self, key: K) -> None:
@@ -101,7 +95,7 @@ class LabelIndex(Generic[K]):
         exclude: list[AbstractSet[K]] = []
         for req in selector.requirements:
             if req.operator in ("exists", "!"):
-                hits: AbstractSet[K] = self._with_key.get(req.key, self._empty)
+                hits: AbstractSet[K] = self._present(req.key)
             else:
                 hits = self._union(req.key, req.values)
             (include if req.operator in _POSITIVE else exclude).append(hits)
@@ -131,6 +125,14 @@ class LabelIndex(Generic[K]):
         if len(values) == 1:
             return by_value.get(values[0], self._empty)
         return builtins.set().union(*(by_value[v] for v in values if v in by_value))
+
+    def _present(self, name: str) -> AbstractSet[K]:
+        by_value = self._postings.get(name)
+        if by_value is None:
+            return self._empty
+        if len(by_value) == 1:
+            return next(iter(by_value.values()))
+        return builtins.set().union(*by_value.values())
 
     def _unpost(self, key: K, name: str, value: str) -> None:
         by_value = self._postings[name]
