@@ -16,6 +16,10 @@ NATS baseline: a plain ``nats-server`` on loopback, N subscribers to one subject
 text protocol over asyncio streams, one connection each, in this process), one message of
 the size of a site manifest published; publish to each delivery, over a few repetitions.
 
+TLS floor (``bench/tls_floor.py``): the server's own TLS setup on uvloop, with N idle
+mutual-TLS connections and no application: what any server terminating the sites' TLS in
+this process holds per site. The memory target leaves the fan-out that much less.
+
 ``FLEETPLANE_BENCH_FANOUT_BIG=0`` skips the N = 10,000 attempt.
 
 Targets: all N applied <= 5 s at p99; <= 50 KB server memory per connected site; our
@@ -39,6 +43,7 @@ import httpx
 from bench.common import Report, percentile
 from bench.nats_baseline import nats_fanout
 from bench.procs import cpu_s, free_port, profile, rss_kb, simulator_processes, stop_process, stop_profile
+from bench.tls_floor import tls_floor
 from bench.watch import API, FLEET_LABEL, applied_generations, watch_change
 
 SECTION = "fanout"
@@ -366,7 +371,14 @@ def _tail(path: Path, size: int = 2000) -> str:
 # -- the benchmark ------------------------------------------------------------------------------------------
 
 
-def _add_size(report: Report, n: int, fp: dict[str, Any], nats: dict[str, Any] | None, tag: str) -> None:
+def _add_size(
+    report: Report,
+    n: int,
+    fp: dict[str, Any],
+    nats: dict[str, Any] | None,
+    tls: tuple[int, float] | None,
+    tag: str,
+) -> None:
     lat = fp["latencies_ms"]
     if fp["missing"]:
         report.notes.append(
@@ -442,6 +454,22 @@ def _add_size(report: Report, n: int, fp: dict[str, Any], nats: dict[str, Any] |
         "KB",
         target=50.0,
     )
+    if tls is not None:
+        conns, tls_kb = tls
+        report.add(
+            SECTION,
+            f"{tag}.tls_floor_kb_per_conn",
+            f"N = {n:,}: floor: an idle mTLS connection, the server's TLS setup, no app ({conns:,})",
+            tls_kb,
+            "KB",
+        )
+        report.add(
+            SECTION,
+            f"{tag}.server_kb_per_site_above_tls",
+            f"N = {n:,}: server memory per connected site above that floor",
+            per_site_kb - tls_kb,
+            "KB",
+        )
     report.add(
         SECTION,
         f"{tag}.server_cpu_ms_per_site",
@@ -487,6 +515,16 @@ def _add_size(report: Report, n: int, fp: dict[str, Any], nats: dict[str, Any] |
     report.add(SECTION, f"{tag}.ratio_max", f"N = {n:,}: fleetplane max / NATS max", mx / nmax, "x")
 
 
+def _tls_floor(report: Report, n: int) -> tuple[int, float] | None:
+    """Connections and KB per connection; at least 500 (RSS moves in pages and arenas)."""
+    conns = max(n, 500)
+    try:
+        return conns, float(tls_floor(conns)["rss_kb_per_conn"])
+    except (OSError, RuntimeError) as exc:
+        report.notes.append(f"fanout: TLS floor with {conns:,} connections not measured: {exc}")
+        return None
+
+
 def run(report: Report, quick: bool) -> None:
     n = QUICK if quick else FULL
     processes = 1 if quick else 2
@@ -507,7 +545,7 @@ def run(report: Report, quick: bool) -> None:
     except FileNotFoundError as exc:
         nats = None
         report.notes.append(f"fanout: NATS baseline not run: {exc}")
-    _add_size(report, n, fp, nats, "n1k" if not quick else "small")
+    _add_size(report, n, fp, nats, _tls_floor(report, n), "n1k" if not quick else "small")
     if quick:
         return
     if os.environ.get("FLEETPLANE_BENCH_FANOUT_BIG", "1") == "0":
@@ -535,4 +573,4 @@ def run(report: Report, quick: bool) -> None:
         big_nats = None
         report.notes.append(f"fanout: NATS baseline at 10,000 not run: {exc}")
     params["n10k"] = "run"
-    _add_size(report, BIG, big, big_nats, "n10k")
+    _add_size(report, BIG, big, big_nats, _tls_floor(report, BIG), "n10k")

@@ -65,6 +65,8 @@ EXPECTED = [
             "server_rss_before_mb",
             "server_rss_connected_mb",
             "server_kb_per_site",
+            "tls_floor_kb_per_conn",
+            "server_kb_per_site_above_tls",
             "server_cpu_ms_per_site",
             "site_writes_per_site",
             "manifest_bytes",
@@ -153,6 +155,8 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     for key in WITH_TARGETS:
         assert _is_number(data["targets"][key])
         assert data["verdicts"][key] in ("PASS", "MISS")
+    # The TLS floor measured TLS: a plain TCP connection costs about 1 KB, a TLS one tens.
+    assert figures["fanout.small.tls_floor_kb_per_conn"] > 5
     # Correctness is no timing: the incremental engine agrees with brute force.
     assert figures["membership.relabel.mismatches"] == 0
     # The fleet rollout ran all 20 sites in 10 waves to Completed (a failed run leaves a note).
