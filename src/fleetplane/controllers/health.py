@@ -244,7 +244,7 @@ def scored_status(status: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a ``Site.status`` that ``evaluate`` reads, and no more: ``evaluate`` of it
     gives what ``evaluate`` of the whole status gives. A view that scores a site again as
     time passes keeps this instead of the report, whose node inventory, pods and healthy
-    manifest items were about a quarter of a server's memory per connected site."""
+    manifest items were about a quarter of the server's Python objects per connected site."""
     out = {key: status[key] for key in _SCORED_AS_IS if key in status}
     items = (status.get("manifest") or {}).get("items") or []
     bad = [i for i in items if i.get("state") == "Failed" or _crashing(i)]

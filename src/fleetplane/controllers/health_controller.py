@@ -2,7 +2,8 @@
 
 ``FleetHealth`` is the in-memory view, fed by one hub watch over Sites, VirtualSites, the
 policy kinds (which hit keys are denials) and Rollouts (progress gauges): per site its
-labels, phase, load and health (``controllers/health.py``); per tenant a label index, so a
+labels, phase, load, health (``controllers/health.py``) and the part of its status that
+scoring reads (``scored_status``: not the whole report); per tenant a label index, so a
 virtual site's members are one selector evaluation, never a store scan. The read API
 (virtual-site health summary) and ``/metrics`` are answered from it.
 

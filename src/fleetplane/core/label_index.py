@@ -1,8 +1,8 @@
 """An inverted label index: evaluate a selector over a whole fleet with set algebra.
 
 Instead of calling ``Selector.matches`` on every object, each requirement is turned
-into a set of object keys taken from posting sets ((label key, value) -> objects)
-and presence sets (label key -> objects), and the sets are combined:
+into a set of object keys taken from posting sets ((label key, value) -> objects), and
+the sets are combined:
 
 * ``=`` / ``in``  -> union of the postings of the listed values   (include)
 * ``exists``      -> union of all the postings of the key           (include)
