@@ -15,6 +15,7 @@ from fleetplane.controllers.health import (
     bucket_of,
     colour_of,
     deny_keys_of,
+    disk_percent,
     evaluate,
     load_percent,
     scored_status,
@@ -240,6 +241,15 @@ def test_the_scored_part_of_a_status_scores_as_the_whole(status: dict[str, Any])
         "os",
         "identity",
     }
+
+
+def test_disk_percent_of_the_nodes_capacity() -> None:
+    nodes = [{"name": "a", "diskBytes": 300}, {"name": "b", "diskBytes": 100}, {"name": "c"}]
+    assert disk_percent({"usage": {"diskBytes": 100}, "nodes": nodes}) == 25.0
+    assert disk_percent({"usage": {"diskBytes": 900}, "nodes": nodes}) == 100.0  # capped
+    assert disk_percent({"usage": {"diskBytes": 100}, "nodes": [{"name": "c"}]}) is None  # no capacity
+    assert disk_percent({"nodes": nodes}) is None  # no use reported
+    assert disk_percent({}) is None
 
 
 def test_two_parts_down_is_orange_at_50_and_three_is_red() -> None:
