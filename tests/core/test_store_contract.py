@@ -216,6 +216,16 @@ def test_noop_update_keeps_resource_version_and_emits_nothing(store: Store) -> N
     # The next real change gets the next revision.
     changed = store.update("acme", {**obj, "spec": {"displayName": "y"}})
     assert changed["metadata"]["resourceVersion"] == str(rev + 1)
+    # Equal in Python, not in JSON: 1 -> true and 1 -> 1.0 are changes, stored as written.
+    counted = store.update("acme", {**changed, "status": {"phase": "Online", "count": 1}}, part="status")
+    for value in (True, 1.0):
+        written = store.update(
+            "acme", {**counted, "status": {"phase": "Online", "count": value}}, part="status"
+        )
+        assert int(written["metadata"]["resourceVersion"]) > int(counted["metadata"]["resourceVersion"])
+        stored = store.get("acme", "Site", "", "s")["status"]["count"]
+        assert (type(stored), stored) == (type(value), value)
+        counted = written
 
 
 # -- batch ----------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 import time
@@ -50,6 +51,13 @@ _COLOUR_RANK = {"green": 0, "orange": 1, "red": 2}
 
 
 def _stamp(epoch: float) -> str:
+    return _second(int(epoch))
+
+
+@functools.lru_cache(maxsize=64)
+def _second(epoch: int) -> str:
+    # Every Event written in a fan-out is stamped within a few seconds: format each one once
+    # (strftime was a quarter of this controller's time in a 10,000-site fan-out profile).
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
