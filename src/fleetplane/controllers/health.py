@@ -250,7 +250,7 @@ def scored_status(status: Mapping[str, Any]) -> dict[str, Any]:
     bad = [i for i in items if i.get("state") == "Failed" or _crashing(i)]
     if bad:
         out["manifest"] = {"items": bad}
-    not_ready = sum(1 for n in status.get("nodes") or [] if n.get("ready") is False)
+    not_ready = len([n for n in status.get("nodes") or [] if n.get("ready") is False])
     if not_ready:
         out["nodes"] = [{"ready": False}] * not_ready
     last = (status.get("os") or {}).get("lastResult")
