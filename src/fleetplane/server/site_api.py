@@ -50,6 +50,7 @@ from fleetplane.server.onboarding import (
 )
 from fleetplane.server.requests import JsonResponse, read_object
 from fleetplane.server.site_status import status_writer, validated_status
+from fleetplane.server.tls import PemChain
 
 PREFIX = "/site-api/v1"
 NONCE_LIFETIME = 300
@@ -271,6 +272,8 @@ def peer_certificate(request: Request) -> bytes:
     chain = tls.get("client_cert_chain") or []
     if not chain:
         raise unauthorized("Unauthorized: this call needs the site's client certificate (mutual TLS)")
+    if isinstance(chain, PemChain):
+        return chain.der
     return ssl.PEM_cert_to_DER_cert(chain[0])
 
 

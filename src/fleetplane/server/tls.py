@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -70,6 +70,28 @@ def ssl_context_factory(
     return factory
 
 
+class PemChain(Sequence[str]):
+    """``client_cert_chain`` of the ASGI TLS extension for a connection's one client
+    certificate: a sequence of one PEM string, made when read. A connection keeps the DER
+    instead (``der``), half the bytes, and the site API, which wants DER, takes it as it is:
+    no DER -> PEM per connection and PEM -> DER per request."""
+
+    __slots__ = ("der",)
+
+    def __init__(self, der: bytes) -> None:
+        self.der = der
+
+    def __len__(self) -> int:
+        return 1
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        return [ssl.DER_cert_to_PEM_cert(self.der)][index]
+
+
 class MtlsHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, plus the ASGI TLS extension in every request's scope."""
 
@@ -84,7 +106,7 @@ class MtlsHttpToolsProtocol(HttpToolsProtocol):
         der = ssl_object.getpeercert(binary_form=True)
         self._tls_extension = {
             "server_cert": None,
-            "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
+            "client_cert_chain": PemChain(der) if der else [],
             "client_cert_name": None,
             "client_cert_error": None,
             "tls_version": None,
