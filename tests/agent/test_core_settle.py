@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fleetplane.agent.core import SETTLE_SECONDS
-from fleetplane.agent.drivers.base import ItemStatus
+from fleetplane.agent.drivers.base import ItemState, ItemStatus
 from tests.agent.test_core import (
     FakeDriverForCoreTests,
     ScriptedApi,
@@ -42,7 +42,7 @@ class TimedDriverForSettleTests(FakeDriverForCoreTests):
         await super().apply(manifest)
         gen = int(manifest["metadata"]["generation"])
         done = self.done_at.setdefault(gen, time.monotonic() + self.work_s)
-        state = "Applied" if time.monotonic() >= done else "InProgress"
+        state: ItemState = "Applied" if time.monotonic() >= done else "InProgress"
         return [ItemStatus("reservations", "reservations", state)]
 
     def next_change_in(self) -> float | None:

@@ -20,6 +20,13 @@ from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import NETWORK_POLICY, SERVICE_POLICY, SITE
 from tests.support.waiting import eventually
 
+
+def status_of(st: PolicyHits, key: Any) -> dict[str, Any]:
+    status = st.status_of(key)
+    assert status is not None
+    return status
+
+
 NP = ("NetworkPolicy", "acme", "default", "github")
 SP = ("ServicePolicy", "acme", "default", "github")
 
@@ -69,8 +76,8 @@ def test_sums_top_sites_and_enforcing_count() -> None:
     assert st.set_site("acme", "prod-1", {"other/policy/x": 100}) == set()
     assert st.set_site("acme", "site-0", counters(allow=1, deny=11)) == {NP}
     assert st.remove_site("acme", "site-6") == {NP}
-    assert st.status_of(NP)["hits"] == {"allow-github": 16, "default-egress": 61}
-    assert st.status_of(NP)["sites"] == 6
+    assert status_of(st, NP)["hits"] == {"allow-github": 16, "default-egress": 61}
+    assert status_of(st, NP)["sites"] == 6
 
 
 def test_network_and_service_policy_of_one_name_are_told_apart() -> None:
@@ -87,16 +94,16 @@ def test_network_and_service_policy_of_one_name_are_told_apart() -> None:
     )
     st.set_site("acme", "a", counters(allow=2, deny=3))
     st.set_site("acme", "b", {"default/github/no-admin": 4, "default/github/default": 5})
-    assert st.status_of(NP)["sites"] == 1 and st.status_of(NP)["totalHits"] == 5
-    assert st.status_of(SP)["hits"] == {"no-admin": 4, "default": 5}
-    assert st.status_of(SP)["sites"] == 1
+    assert status_of(st, NP)["sites"] == 1 and status_of(st, NP)["totalHits"] == 5
+    assert status_of(st, SP)["hits"] == {"no-admin": 4, "default": 5}
+    assert status_of(st, SP)["sites"] == 1
 
 
 def test_counters_of_rules_the_spec_no_longer_has_are_ignored() -> None:
     st = PolicyHits()
     st.set_policy(NP, github())
     st.set_site("acme", "a", {**counters(allow=2, deny=3), "default/github/old-rule": 50})
-    assert st.status_of(NP)["hits"] == {"allow-github": 2, "default-egress": 3}
+    assert status_of(st, NP)["hits"] == {"allow-github": 2, "default-egress": 3}
 
 
 # -- the controller on a real store -----------------------------------------------------------

@@ -17,6 +17,12 @@ from fleetplane.kinds import NETWORK_POLICY, SERVICE_POLICY
 GITHUB_RULE = {"name": "allow-github", "action": "allow", "domains": ["github.com"]}
 
 
+def present(value: dict[str, Any] | None) -> dict[str, Any]:
+    """A contribution or a compiled manifest that must be there."""
+    assert value is not None
+    return value
+
+
 def netpol(
     name: str, targets: list[str], generation: int = 1, namespace: str = "default", **spec: Any
 ) -> Obj:
@@ -63,7 +69,8 @@ def test_network_entry_carries_policy_generation_and_governed_directions_only() 
     }
     # Rules without a default action are exceptions to "allow"; rule order is kept.
     rules = [{"name": n, "action": "deny", "ports": [22]} for n in ("z-first", "a-second")]
-    (entry,) = NetworkPolicyContributor().contribute([netpol("lan", ["x"], ingress=rules)], {})["policies"]
+    lan = NetworkPolicyContributor().contribute([netpol("lan", ["x"], ingress=rules)], {})
+    (entry,) = present(lan)["policies"]
     assert set(entry) == {"policy", "generation", "ingress"}
     assert entry["ingress"]["defaultAction"] == "allow"
     assert [r["name"] for r in entry["ingress"]["rules"]] == ["z-first", "a-second"]
@@ -87,14 +94,14 @@ def test_reference_example_test_first_then_prod() -> None:
     st.set_virtual_site(("acme", "default", "test"), parse_selector("environment=test"), 1)
     st.set_virtual_site(("acme", "default", "prod"), parse_selector("environment=prod"), 1)
     assert st.set_intent("NetworkPolicy", "acme", github(["test"])) == {("acme", "t1"), ("acme", "t2")}
-    assert st.compile("acme", "t1")["networkPolicies"]["policies"][0]["policy"] == "default/github"
-    assert "networkPolicies" not in st.compile("acme", "p1")
+    assert present(st.compile("acme", "t1"))["networkPolicies"]["policies"][0]["policy"] == "default/github"
+    assert "networkPolicies" not in present(st.compile("acme", "p1"))
 
     # The same policy applied to prod too: prod sites join, test sites see the new generation.
     affected = st.set_intent("NetworkPolicy", "acme", github(["test", "prod"], generation=2))
     assert affected == {("acme", "t1"), ("acme", "t2"), ("acme", "p1")}
     for name in ("t1", "p1"):
-        (entry,) = st.compile("acme", name)["networkPolicies"]["policies"]
+        (entry,) = present(st.compile("acme", name))["networkPolicies"]["policies"]
         assert (entry["policy"], entry["generation"]) == ("default/github", 2)
     assert st.compile("acme", "d1") == {}
 
@@ -111,7 +118,7 @@ def test_several_policies_on_one_site_are_all_listed_sorted() -> None:
         "NetworkPolicy", "acme", netpol("audit", ["test"], namespace="ops", defaultAction={"egress": "allow"})
     )
     st.set_intent("ServicePolicy", "acme", svcpol("guard", ["test"], defaultAction="deny"))
-    sections = st.compile("acme", "s")
+    sections = present(st.compile("acme", "s"))
     assert [e["policy"] for e in sections["networkPolicies"]["policies"]] == [
         "default/base",
         "default/github",
@@ -119,4 +126,4 @@ def test_several_policies_on_one_site_are_all_listed_sorted() -> None:
     ]
     assert [e["policy"] for e in sections["servicePolicies"]["policies"]] == ["default/guard"]
     assert st.remove_intent("ServicePolicy", ("acme", "default", "guard")) == {("acme", "s")}
-    assert "servicePolicies" not in st.compile("acme", "s")
+    assert "servicePolicies" not in present(st.compile("acme", "s"))

@@ -6,7 +6,6 @@ import time
 
 import pytest
 
-from fleetplane.core import objects
 from fleetplane.core.objects import now_rfc3339, parse_timestamp
 
 
@@ -16,7 +15,7 @@ def test_now_is_the_utc_second_and_follows_the_clock(monkeypatch: pytest.MonkeyP
     assert now is not None and before <= now <= time.time()
 
     clock = [1_800_000_000.2]
-    monkeypatch.setattr(objects.time, "time", lambda: clock[0])
+    monkeypatch.setattr("fleetplane.core.objects.time.time", lambda: clock[0])
     assert now_rfc3339() == "2027-01-15T08:00:00Z"
     clock[0] += 0.7  # the same second: the same text
     assert now_rfc3339() == "2027-01-15T08:00:00Z"

@@ -67,7 +67,7 @@ def test_merge_patch_result_does_not_alias_the_patch() -> None:
     assert patch == {"spec": {"list": [{"a": 1}]}}
 
 
-DOC = {"foo": "bar", "baz": [1, 2, 3], "obj": {"a/b": 1, "m~n": 2, "nested": {"x": [10, 20]}}}
+DOC: dict[str, Any] = {"foo": "bar", "baz": [1, 2, 3], "obj": {"a/b": 1, "m~n": 2, "nested": {"x": [10, 20]}}}
 
 
 @pytest.mark.parametrize(

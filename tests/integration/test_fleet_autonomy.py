@@ -65,7 +65,7 @@ def reserve(server: ServerProcess, selector: str, cpu: str) -> None:
         c.replace("resourcereservations", rr, "default")
 
 
-def reported(server: ServerProcess, selector: str) -> dict[str, tuple[int, str, str]]:
+def reported(server: ServerProcess, selector: str) -> dict[str, tuple[Any, Any, Any]]:
     """Each site's reported (generation, hash, state) of its manifest."""
     out = {}
     for name, s in sites(server, selector).items():

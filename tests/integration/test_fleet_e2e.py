@@ -147,7 +147,7 @@ def site_calls(server: ServerProcess) -> dict[tuple[str, str], float]:
     text = httpx.get(
         f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.admin_key}"}, verify=server.tls
     ).text
-    out: dict[tuple[str, str], float] = collections.Counter()
+    out: dict[tuple[str, str], float] = collections.defaultdict(float)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             route = sample.labels.get("route", "")

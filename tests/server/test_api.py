@@ -47,7 +47,7 @@ def bad(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Resp
 
 def assert_status(resp: httpx.Response, code: int, reason: str) -> dict[str, Any]:
     assert resp.status_code == code, resp.text
-    body = resp.json()
+    body: dict[str, Any] = resp.json()
     assert body["kind"] == "Status", body
     assert body["status"] == "Failure"
     assert body["code"] == code
@@ -920,15 +920,16 @@ def test_openapi_describes_site_and_virtual_site(http: httpx.Client) -> None:
 )
 def test_missing_or_wrong_bearer_is_401(server: ServerProcess, authorization: str | None) -> None:
     headers = {} if authorization is None else {"Authorization": authorization}
+    calls: list[tuple[str, str, dict[str, Any]]] = [
+        ("GET", SITES, {}),
+        ("GET", f"{SITES}/x", {}),
+        ("POST", SITES, {"json": site(uniq("anon"))}),
+        ("GET", vs_path("default"), {"params": {"watch": "true"}}),
+        ("DELETE", f"{SITES}/x", {}),
+        ("GET", API, {}),
+    ]
     with httpx.Client(base_url=server.url, verify=server.tls, timeout=30) as anon:
-        for method, path, kwargs in [
-            ("GET", SITES, {}),
-            ("GET", f"{SITES}/x", {}),
-            ("POST", SITES, {"json": site(uniq("anon"))}),
-            ("GET", vs_path("default"), {"params": {"watch": "true"}}),
-            ("DELETE", f"{SITES}/x", {}),
-            ("GET", API, {}),
-        ]:
+        for method, path, kwargs in calls:
             BAD_INPUTS.append((method, path, {**kwargs, "headers": headers}, False))
             resp = anon.request(method, path, headers=headers, **kwargs)
             assert_status(resp, 401, "Unauthorized")

@@ -45,7 +45,7 @@ from fleetplane.agent.drivers.kubernetes import (
 )
 
 NS = "site-a"
-DEPLOY = {
+DEPLOY: dict[str, Any] = {
     "apiVersion": "apps/v1",
     "kind": "Deployment",
     "metadata": {"name": "web", "labels": {"app": "web"}},

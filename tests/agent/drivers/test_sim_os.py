@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fleetplane.agent.drivers.sim import SimSite
 from fleetplane.agent.drivers.simmodel.workloads import Workload
 from tests.agent.drivers.conftest import make_site, step
@@ -9,7 +11,7 @@ from tests.agent.drivers.conftest import make_site, step
 # uniform_profile timings: install 120 s, reboot 60 s, health check 30 s
 
 
-def site(**kw: object) -> SimSite:
+def site(**kw: Any) -> SimSite:
     return make_site(nodes=2, os_version="os-1", **kw)
 
 

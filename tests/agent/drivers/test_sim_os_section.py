@@ -33,7 +33,7 @@ def os_status(site: SimSite) -> dict[str, Any]:
     return dict(status["os"])
 
 
-def driver(**kw: object) -> SimDriver:
+def driver(**kw: Any) -> SimDriver:
     return SimDriver(make_site(nodes=2, os_version="fleetos-1.4.2", **kw))
 
 

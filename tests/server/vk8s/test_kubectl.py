@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from typing import Any
 
 import yaml
 
@@ -40,7 +41,7 @@ def deployment(
     )
 
 
-def app_manifest(name: str, **kwargs: object) -> str:
+def app_manifest(name: str, **kwargs: Any) -> str:
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -56,12 +57,14 @@ def app_manifest(name: str, **kwargs: object) -> str:
     return deployment(name, **kwargs) + "---\n" + yaml.safe_dump_all([service, config])
 
 
-def get_json(env: VK8sEnv, *args: str) -> dict[str, object]:
-    return json.loads(env.ok("get", *args, "-o", "json"))
+def get_json(env: VK8sEnv, *args: str) -> dict[str, Any]:
+    obj: dict[str, Any] = json.loads(env.ok("get", *args, "-o", "json"))
+    return obj
 
 
-def containers(obj: dict[str, object]) -> list[dict[str, object]]:
-    return obj["spec"]["template"]["spec"]["containers"]
+def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = obj["spec"]["template"]["spec"]["containers"]
+    return found
 
 
 def test_apply_create_change_and_remove_a_port(env: VK8sEnv) -> None:

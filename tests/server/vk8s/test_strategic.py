@@ -144,7 +144,7 @@ def test_a_bad_directive_is_a_400() -> None:
 
 
 def test_fields_v1_round_trip_and_apply_conflicts() -> None:
-    obj = {
+    obj: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "x", "labels": {"app": "x"}},
