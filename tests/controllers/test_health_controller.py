@@ -147,6 +147,28 @@ def test_time_alone_moves_the_score(store: Store) -> None:
     asyncio.run(scenario())
 
 
+def test_a_stalled_control_plane_costs_no_site_its_connectivity(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The event loop blocked for longer than the offline window: heartbeats count again from
+    the end of the stall (as after a restart), so no site turns late or red for it."""
+    report(store, "s0")
+
+    async def scenario() -> None:
+        async with running(store, min_interval=0.0, offline_after=2.0) as controller:
+            await eventually(lambda: (stored_health(store, "s0") or {}).get("colour") == "green")
+            time.sleep(3.0)  # nothing runs: no report could have been taken
+            resumed = time.monotonic()
+            while time.monotonic() - resumed < 0.6:
+                await asyncio.sleep(0.05)
+                assert controller.view.sites[("acme", "s0")].health.parts["connectivity"] == 100
+            # Then silence counts again: late after half the window, red after the window.
+            await eventually(lambda: (stored_health(store, "s0") or {}).get("colour") == "red", timeout=5)
+
+    asyncio.run(scenario())
+    assert "did not watch sites for" in caplog.text
+
+
 def test_policy_denials_and_virtual_site_summary(store: Store) -> None:
     for i in range(4):
         report(store, f"s{i}", labels={"region": "jp" if i < 3 else "us"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -104,6 +105,30 @@ def test_sites_get_a_grace_period_after_the_control_plane_was_down(store: Store)
             await converges(lambda: phase(store, "patient"), "Offline", timeout=6)
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_stalled_control_plane_marks_no_site_offline_for_the_stall(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's loop blocked for twice the offline window (a stopped process, a paused
+    VM): the reports that could not be taken are no site's fault. The site is Offline only
+    after a whole window of silence after the stall, as after a restart."""
+    store.create("acme", site("steady", phase="Online", lastSeen=stamp()))
+
+    async def scenario() -> None:
+        async with running(store, offline_after=1.2):
+            await asyncio.to_thread(report, store, "steady", phase="Online")
+            await asyncio.sleep(0.2)
+            time.sleep(2.5)  # the whole event loop stops: nothing is watched
+            resumed = time.monotonic()
+            while time.monotonic() - resumed < 0.7:
+                assert phase(store, "steady") == "Online"
+                await asyncio.sleep(0.05)
+            took = await converges(lambda: phase(store, "steady"), "Offline", timeout=5)
+            assert took + 0.7 >= 1.0  # a window after the stall, not at its end
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert "did not watch sites for" in caplog.text
 
 
 def test_the_deadline_heap_touches_only_what_is_due() -> None:

@@ -39,7 +39,7 @@ from fleetplane.controllers.health import (
     scored_status,
     summarize,
 )
-from fleetplane.controllers.loop import run_controller
+from fleetplane.controllers.loop import StallWatch, run_controller
 from fleetplane.controllers.membership import selector_of
 from fleetplane.core.errors import ApiError
 from fleetplane.core.label_index import LabelIndex
@@ -364,6 +364,16 @@ class HealthController:
             # every report made each report scan all dirty sites (O(N^2) at 10,000 sites).
             self._fold(ev.tenant, ev.object, ev.type is EventType.DELETED)
 
+    def forgive(self, late: float) -> None:
+        """The control plane did not watch for ``late`` seconds: heartbeats count from now, as
+        after a restart, so no site turns late or unreachable for the stall."""
+        self.started = self.view.not_before = self.clock()
+        log.warning(
+            "health: the control plane did not watch sites for %.1f s (stopped or overloaded); "
+            "no site loses connectivity for that time",
+            late,
+        )
+
     def expire(self) -> int:
         """Evaluate again every site whose result the passing time has changed; how many."""
         now = self.clock()
@@ -380,10 +390,15 @@ class HealthController:
         return count
 
     async def _flush_loop(self) -> None:
+        stalls = StallWatch(slack=self.offline_after / 4)
         while True:
+            stalls.mark()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.tick)
+            late = stalls.stalled(self.tick)
             self._wake.clear()
+            if late is not None:
+                self.forgive(late)
             try:
                 self.expire()
                 if self.writing:

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from fleetplane.controllers.loop import run_controller
+from fleetplane.controllers.loop import StallWatch, run_controller
 from fleetplane.core.errors import ApiError
 from fleetplane.core.objects import Obj
 from fleetplane.core.store import EventType, Store
@@ -114,12 +114,27 @@ class LivenessController:
                 await self._set_phase(key, "Online")
 
     async def _tick_loop(self) -> None:
+        stalls = StallWatch(slack=self.offline_after / 4)
         while True:
+            stalls.mark()
             await asyncio.sleep(self.tick)
+            late = stalls.stalled(self.tick)
+            if late is not None:
+                self.forgive(late)
             try:
                 await self.expire()
             except Exception:
                 log.exception("liveness check failed")
+
+    def forgive(self, late: float) -> None:
+        """The control plane did not watch sites for ``late`` seconds: every site's silence
+        counts from now, as after a restart (a stall is no site's fault)."""
+        self.started = self.clock()
+        log.warning(
+            "liveness: the control plane did not watch sites for %.1f s (stopped or overloaded); "
+            "no site is marked Offline for that time",
+            late,
+        )
 
     async def expire(self) -> list[SiteKey]:
         """Mark Offline every site whose deadline passed; return them."""
@@ -131,6 +146,11 @@ class LivenessController:
             ts = self.seen.get(key)
             if ts is None or ts + self.offline_after != deadline:
                 continue  # superseded by a later report, or deleted
+            credited = self._credited(ts)
+            if credited is not None and credited > ts:  # a stall since: its clock restarts
+                self.seen[key] = credited
+                heapq.heappush(self._heap, (credited + self.offline_after, *key))
+                continue
             if self.phase.get(key) in ("Offline", "Decommissioned"):
                 continue
             done = await self._set_phase(key, "Offline")

@@ -12,12 +12,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fleetplane.core.errors import ApiError
 
 log = logging.getLogger(__name__)
+
+
+class StallWatch:
+    """Tells a deadline ticker that the control plane stopped watching: a sleep that ends far
+    later than asked (the process was stopped, its VM paused, its event loop blocked or
+    swamped). Liveness and health then hold none of that time against the sites: a site's
+    silence counts from the end of the stall, as it counts from the start after a restart.
+    Only the sleep is timed: a tick whose own work is slow (a flush of many writes) is no
+    stall, the loop runs meanwhile."""
+
+    def __init__(self, slack: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.slack = slack
+        self.clock = clock
+        self._since = clock()
+
+    def mark(self) -> None:
+        """Call right before the sleep."""
+        self._since = self.clock()
+
+    def stalled(self, slept: float) -> float | None:
+        """Call right after a sleep of at most ``slept`` seconds: how much later than that it
+        ended, when that is more than ``slack``; else None."""
+        late = self.clock() - self._since - slept
+        return late if late > self.slack else None
 
 
 async def run_controller(
