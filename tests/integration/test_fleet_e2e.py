@@ -6,7 +6,8 @@ Online with nodes and usage; a VirtualSite + ResourceReservation reaches every m
 relabelled out loses the section; a matching site that joins later gets it on first connect;
 the simulator killed (SIGKILL, like a power cut) and restarted keeps every identity (no new
 registration) and converges to a change made while it was down. And ``kill -USR1`` on the
-simulator, while the server is frozen, lists every silent agent with the call it waits in.
+simulator, while the server is frozen, lists every silent agent with the call it waits in;
+a server frozen for longer than ``--offline-after`` marks no site Offline for it.
 """
 
 from __future__ import annotations
@@ -370,3 +371,40 @@ def test_the_simulator_says_which_agents_are_silent_and_where_they_wait(
         wait_for("the agents report again", reporting, 30, sim.output, server.log_tail)
     finally:
         sim.stop()
+
+
+def test_a_frozen_server_marks_no_site_offline_for_the_time_it_was_frozen(tmp_path: Path) -> None:
+    """``--offline-after 2`` and the server frozen (SIGSTOP) for 6 s: the sites' silence was
+    the server's doing, not theirs. After SIGCONT they report again and none is ever marked
+    Offline; the server logs how long it did not watch."""
+    server = ServerProcess(tmp_path / "server", extra_args=["--offline-after", "2"]).start()
+    token_file = tmp_path / "token"
+    token_file.write_text(new_token(server, "frozen", {"fleet": "frozen"}) + "\n")
+    sim = Simulator(server, tmp_path / "sim", token_file, "--sites", "3", "--prefix", "frozen")
+    try:
+        sim.start()
+
+        def phases() -> dict[str, str]:
+            found = sites(server, "fleet=frozen")
+            return {n: str((s.get("status") or {}).get("phase")) for n, s in found.items()}
+
+        def online() -> bool | Pending:
+            now = phases()
+            return list(now.values()).count("Online") == 3 or Pending(repr(now))
+
+        wait_for("3 sites Online", online, 60, sim.output, server.log_tail)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(6.0)  # three offline windows
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        resumed, offline = time.monotonic(), set()
+        while time.monotonic() - resumed < 6.0:
+            offline |= {n for n, phase in phases().items() if phase == "Offline"}
+            time.sleep(0.2)
+        assert not offline, server.log_tail()
+        assert "liveness: the control plane did not watch sites for" in server.log_tail()
+    finally:
+        sim.stop()
+        server.stop()
