@@ -1,8 +1,9 @@
 """The memory floor for connected sites: what a server with the fleetplane server's TLS setup
 (uvicorn's SSL context from ``server.tls.ssl_context_factory``, on uvloop) holds per idle
-mutual-TLS connection before any application state: N clients with a leaf certificate from a
-two-level CA, one small request and answer each, then idle. Everything above this in the
-fan-out's "server memory per connected site" is the server's own state per site.
+mutual-TLS connection before any application state: N clients with a site certificate from
+a tenant authority (the product's own PKI code), one small request and answer each, then
+idle. Everything above this in the fan-out's "server memory per connected site" is the
+server's own state per site.
 
 ``python -m bench.tls_floor serve DIR PORT`` is the server process; ``tls_floor(n)`` runs one.
 """
@@ -10,7 +11,6 @@ fan-out's "server memory per connected site" is the server's own state per site.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
 import ssl
 import subprocess
@@ -20,60 +20,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
 from bench.procs import free_port, rss_kb, stop_process
+from fleetplane.identity.authority import TenantAuthority
+from fleetplane.identity.pki import make_csr, make_key
+from fleetplane.identity.serving import ensure_serving_cert
 
 REQUEST_BYTES = 512  # about a site's delta report
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
-
-
-Issuer = tuple[x509.Name, ec.EllipticCurvePrivateKey]
-
-
-def _cert(name: str, key: ec.EllipticCurvePrivateKey, issuer: Issuer | None, ca: bool) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name, issuer_key = issuer or (subject, key)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
+SITE = "floor-site-00001"
 
 
 def _write_pki(root: Path) -> None:
-    """A site CA (root and issuing, as a tenant's), a site leaf, and a serving certificate."""
-
-    def pem(cert: x509.Certificate) -> bytes:
-        return cert.public_bytes(serialization.Encoding.PEM)
-
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("root", "issuing", "site", "serving")}
-    ca = _cert("tenant root", keys["root"], None, True)
-    issuing = _cert("tenant issuing", keys["issuing"], (ca.subject, keys["root"]), True)
-    site = _cert("site-00001", keys["site"], (issuing.subject, keys["issuing"]), False)
-    serving = _cert("127.0.0.1", keys["serving"], None, False)
-    (root / "sites-ca.crt").write_bytes(pem(ca) + pem(issuing))
-    (root / "site.crt").write_bytes(pem(site))
-    (root / "site.key").write_bytes(key_pem(keys["site"]))
-    (root / "serving.crt").write_bytes(pem(serving))
-    (root / "serving.key").write_bytes(key_pem(keys["serving"]))
+    """The certificates the server and its sites use, made by the product's own code: a
+    serving certificate, a tenant authority (root and issuing CA) and one site's leaf."""
+    serving = ensure_serving_cert(root / "tls", ["127.0.0.1"])
+    (root / "serving.crt").write_bytes(serving.cert.read_bytes())
+    (root / "serving.key").write_bytes(serving.key.read_bytes())
+    (root / "serving-ca.crt").write_bytes(serving.ca_cert.read_bytes())
+    authority = TenantAuthority.create("default")
+    key = make_key()
+    (root / "sites-ca.crt").write_bytes(authority.ssl_bundle())
+    (root / "site.crt").write_bytes(authority.sign_site_csr(make_csr(key, SITE), SITE))
+    (root / "site.key").write_bytes(key)
 
 
 def serve(root: Path, port: int) -> None:
@@ -153,8 +121,7 @@ def tls_floor(n: int) -> dict[str, Any]:
                 raise RuntimeError(f"the TLS floor server did not start ({proc.wait(10)})")
             time.sleep(0.5)
             rss_idle = rss_kb(proc.pid)
-            ctx = ssl.create_default_context(cafile=root / "serving.crt")
-            ctx.check_hostname = False  # the serving certificate names 127.0.0.1 as a DNS name
+            ctx = ssl.create_default_context(cafile=root / "serving-ca.crt")
             ctx.load_cert_chain(root / "site.crt", root / "site.key")
 
             async def measure() -> int:
