@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import ALERT, ALERT_RECEIVER, ALERT_RULE, TENANT
 from tests.controllers.test_alert_eval import NOW, site
+from tests.support.controllers import running_controller
 from tests.support.webhook import Receiver
 
 
@@ -65,24 +66,19 @@ def setup_rule(store: Store, url: str, **spec: Any) -> None:
     )
 
 
-@contextlib.asynccontextmanager
-async def running(store: Store, view: FleetHealth, clock: Clock, **kw: Any) -> AsyncIterator[AlertController]:
-    hub = WatchHub(store, poll_interval=0.05)
-    await hub.start()
+def running(
+    store: Store, view: FleetHealth, clock: Clock, **kw: Any
+) -> contextlib.AbstractAsyncContextManager[AlertController]:
     kw.setdefault("default_rules", False)
-    controller = AlertController(
-        store, hub, lambda: view, interval=3600, clock=clock, external_url="https://fp", **kw
-    )
-    controller.enable()
-    task = asyncio.create_task(controller.run())
-    try:
-        await asyncio.wait_for(controller.synced.wait(), 10)
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.stop()
+
+    def build(hub: WatchHub) -> AlertController:
+        controller = AlertController(
+            store, hub, lambda: view, interval=3600, clock=clock, external_url="https://fp", **kw
+        )
+        controller.enable()
+        return controller
+
+    return running_controller(store, build)
 
 
 def alert(store: Store) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import NETWORK_POLICY, REGISTRY, SITE, VIRTUAL_SITE
 from fleetplane.server.context import ServerContext, ServerSettings
 from fleetplane.server.site_status import StatusWriter, validated_status
+from tests.support.controllers import running_controller
 from tests.support.waiting import eventually
 
 GIB = 1 << 30
@@ -64,20 +65,8 @@ def stored_health(store: Store, name: str) -> dict[str, Any] | None:
     return health
 
 
-@contextlib.asynccontextmanager
-async def running(store: Store, **kw: Any) -> AsyncIterator[HealthController]:
-    hub = WatchHub(store, poll_interval=0.05)
-    await hub.start()
-    controller = HealthController(store, hub, tick=0.05, **kw)
-    task = asyncio.create_task(controller.run())
-    try:
-        await asyncio.wait_for(controller.synced.wait(), 10)
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.stop()
+def running(store: Store, **kw: Any) -> contextlib.AbstractAsyncContextManager[HealthController]:
+    return running_controller(store, lambda hub: HealthController(store, hub, tick=0.05, **kw))
 
 
 def test_writes_health_once_and_not_on_reports_that_change_nothing(store: Store) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from fleetplane.controllers.infra import InfraController, inventory_status
 from fleetplane.core.store import Store, open_store
-from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import INFRA_PIPELINE, SITE, SITE_INVENTORY
+from tests.support.controllers import running_controller
 from tests.support.waiting import eventually
 
 T = "acme"
@@ -80,20 +80,12 @@ def test_a_site_with_an_inventory_and_no_pipeline_is_no_failed_pipeline() -> Non
     assert not inventory_only({"metadata": {"name": "s2"}, "status": {}})
 
 
-@contextlib.asynccontextmanager
-async def running(store: Store, keep_cleared: int = 50) -> Any:
-    hub = WatchHub(store, poll_interval=0.2)
-    await hub.start()
-    controller = InfraController(store, hub, keep_cleared=keep_cleared, flush_delay=0.01)
-    task = asyncio.create_task(controller.run())
-    try:
-        await asyncio.wait_for(controller.synced.wait(), 10)
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.stop()
+def running(store: Store, keep_cleared: int = 50) -> contextlib.AbstractAsyncContextManager[InfraController]:
+    return running_controller(
+        store,
+        lambda hub: InfraController(store, hub, keep_cleared=keep_cleared, flush_delay=0.01),
+        poll_interval=0.2,
+    )
 
 
 def objects(store: Store, kind: str) -> dict[str, dict[str, Any]]:

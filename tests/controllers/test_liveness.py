@@ -15,8 +15,8 @@ import pytest
 from fleetplane.controllers.liveness import LivenessController, SiteKey, seen_at
 from fleetplane.core.objects import Obj
 from fleetplane.core.store import Store, open_store
-from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import SITE
+from tests.support.controllers import running_controller
 from tests.support.waiting import converges
 
 
@@ -46,20 +46,10 @@ def report(store: Store, name: str, **status: Any) -> None:
     store.update("acme", {**current, "status": {"lastSeen": stamp(), **status}}, part="status")
 
 
-@contextlib.asynccontextmanager
-async def running(store: Store, offline_after: float) -> Any:
-    hub = WatchHub(store, poll_interval=0.2)
-    await hub.start()
-    controller = LivenessController(store, hub, offline_after=offline_after)
-    task = asyncio.create_task(controller.run())
-    try:
-        await asyncio.wait_for(controller.synced.wait(), 10)
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.stop()
+def running(store: Store, offline_after: float) -> contextlib.AbstractAsyncContextManager[LivenessController]:
+    return running_controller(
+        store, lambda hub: LivenessController(store, hub, offline_after=offline_after), poll_interval=0.2
+    )
 
 
 def test_silent_sites_go_offline_and_come_back_on_their_next_report(store: Store) -> None:

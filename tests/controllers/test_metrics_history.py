@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import SITE, SITE_METRICS
 from tests.controllers.test_alert_eval import NOW, site
+from tests.support.controllers import running_controller
 
 T0 = 1_800_000_000.0 // 3600 * 3600  # on the hour: windows line up
 
@@ -36,21 +37,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-@contextlib.asynccontextmanager
-async def running(store: Store, **kw: Any) -> AsyncIterator[MetricsHistoryController]:
+def running(store: Store, **kw: Any) -> contextlib.AbstractAsyncContextManager[MetricsHistoryController]:
     """The controller running on a live watch, once it has read the store."""
-    hub = WatchHub(store, poll_interval=0.05)
-    await hub.start()
-    ctl = MetricsHistoryController(store, hub, **kw)
-    task = asyncio.create_task(ctl.run())
-    try:
-        await asyncio.wait_for(ctl.synced.wait(), 10)
-        yield ctl
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.stop()
+    return running_controller(store, lambda hub: MetricsHistoryController(store, hub, **kw))
 
 
 class Clock:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import ALERT, EVENT, SITE
+from tests.support.controllers import running_controller
 
 T0 = 1_800_000_000.0
 
@@ -180,20 +181,10 @@ def test_alerts_firing_for_a_site_and_resolving(store: Store) -> None:
     assert "default/mem" in events(store, "s2")[0]["message"]
 
 
-@contextlib.asynccontextmanager
-async def running(store: Store, clock: Clock) -> AsyncIterator[SiteEventsController]:
-    hub = WatchHub(store, poll_interval=0.05)
-    await hub.start()
-    ctl = SiteEventsController(store, hub, clock=clock, flush_interval=0.05)
-    task = asyncio.create_task(ctl.run())
-    try:
-        await asyncio.wait_for(ctl.synced.wait(), 10)
-        yield ctl
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.stop()
+def running(store: Store, clock: Clock) -> contextlib.AbstractAsyncContextManager[SiteEventsController]:
+    return running_controller(
+        store, lambda hub: SiteEventsController(store, hub, clock=clock, flush_interval=0.05)
+    )
 
 
 async def until(check: Any, timeout: float = 10.0) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,6 +15,7 @@ from fleetplane.core.objects import Obj
 from fleetplane.core.store import Store, open_store
 from fleetplane.core.watch import WatchHub
 from fleetplane.server.vk8s.tables import table
+from tests.support.controllers import running_controller
 from tests.support.waiting import eventually
 
 T = "acme"
@@ -140,20 +140,10 @@ def put_site(store: Store, name: str, status: dict[str, Any]) -> None:
     store.update(T, {**current, "status": status}, part="status")
 
 
-@contextlib.asynccontextmanager
-async def running(store: Store) -> AsyncIterator[WorkloadStatusController]:
-    hub = WatchHub(store, poll_interval=0.1)
-    await hub.start()
-    controller = WorkloadStatusController(store, hub, delay=0.05)
-    task = asyncio.create_task(controller.run())
-    try:
-        await asyncio.wait_for(controller.synced.wait(), 10)
-        yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.stop()
+def running(store: Store) -> contextlib.AbstractAsyncContextManager[WorkloadStatusController]:
+    return running_controller(
+        store, lambda hub: WorkloadStatusController(store, hub, delay=0.05), poll_interval=0.1
+    )
 
 
 def pods_of(store: Store) -> dict[str, Obj]:
