@@ -100,6 +100,12 @@ def run_server(settings: ServerSettings, *, banner: bool = True) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # No X-Forwarded-* rewriting: the server terminates its own TLS (a site is known by
+        # the client certificate of its connection, which no proxy can forward), and nothing
+        # reads the client address or scheme. uvicorn's default checked every request's
+        # headers for them, a frame on every waiting long-poll and 2 % of the server's CPU
+        # in a 10,000-site fan-out (py-spy).
+        proxy_headers=False,
         **ssl,
     )
     server = DrainingServer(config, app)
