@@ -5,7 +5,8 @@
   where nothing changes (target 1 s per tick at 10,000 sites: the default interval is 15 s).
 * history: ``sites`` site reports folded (``observe``, per-report cost), then one flush that
   writes every site's ``SiteMetrics`` in batches (target 30 s at 10,000 sites: the default
-  flush interval is 60 s), and the size of one ``SiteMetrics`` at full default retention.
+  flush interval is 60 s), the size of one ``SiteMetrics`` at full default retention, and the
+  server's memory for one site's history at full retention (every site reaches it in a week).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import random
 import tempfile
 import time
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from typing import Any
 from bench.common import Report, percentile, site_labels
 from fleetplane.controllers.alerts import DEFAULT_RULES, AlertController
 from fleetplane.controllers.health_controller import FleetHealth
-from fleetplane.controllers.metrics_history import Column, MetricsHistoryController
+from fleetplane.controllers.metrics_history import Column, MetricsHistoryController, SiteHistory
 from fleetplane.core.objects import now_rfc3339
 from fleetplane.core.store import open_store
 from fleetplane.core.watch import WatchHub
@@ -133,6 +135,7 @@ def _history(report: Report, sizes: AlertSizes, root: Path) -> None:
     asyncio.run(one.flush())
     size = len(json.dumps(store.get(TENANT, "SiteMetrics", "", "full")["status"]))
     full = one.sites[(TENANT, "full")].columns
+    memory_kb = _history_memory_kb(full)
     sites = [_site(f"s-{i:06d}", {}, 30 + i % 60, 0) for i in range(sizes.sites)]
     start = time.perf_counter()
     for n, obj in enumerate(sites):
@@ -152,6 +155,27 @@ def _history(report: Report, sizes: AlertSizes, root: Path) -> None:
     label = f"flush {written:,} full SiteMetrics ({created:,} created before; batches of 256)"
     report.add(SECTION, "history.flush_s", label, flush, "s", target=FLUSH_TARGET_S)
     report.add(SECTION, "history.object_kb", "one SiteMetrics at full default retention", size / 1024, "KB")
+    label = "server memory per site for its history at full default retention (a week on)"
+    report.add(SECTION, "history.memory_kb_per_site", label, memory_kb, "KB")
+
+
+def _history_memory_kb(full: list[Column], copies: int = 200) -> float:
+    """What the server holds per site for a history at full retention: ``copies`` histories
+    loaded from their stored JSON, as a restarted server loads them, under tracemalloc (the
+    parsed JSON is dropped; what stays is the histories)."""
+    blob = json.dumps([c.stored() for c in full])
+    tracemalloc.start()
+    try:
+        held = []
+        for _ in range(copies):
+            stored = json.loads(blob)
+            held.append(SiteHistory([Column(c.level, form) for c, form in zip(full, stored, strict=True)]))
+        del stored
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(held) == copies
+    return used / copies / 1024
 
 
 def run(report: Report, quick: bool) -> None:

@@ -132,6 +132,12 @@ def test_columnar_storage_keeps_gaps_and_round_trips() -> None:
     assert decode(series) == [[T0, 1.0, 2.0, None], [T0 + 180, 4.0, None, 6.0]]
     assert Column(level, series).stored() == series
     assert Column(level).stored()["start"] is None and decode(Column(level).stored()) == []
+    # A roll-up's means leave the gaps out.
+    assert column.means(int(T0), int(T0) + 240) == (2.5, 2.0, 6.0)
+    assert column.means(int(T0) + 60, int(T0) + 180) is None
+    # A stored value that is not a number (a damaged object) loads as a gap, not an error.
+    damaged = Column(level, {**series, "cpu": [1.0, "x", True, 4], "memory": "not a list"})
+    assert damaged.stored()["cpu"] == [1.0, None, None, 4.0] and damaged.stored()["memory"] == []
 
 
 def test_reports_write_nothing_until_the_flush_which_batches_them(store: Store) -> None:

@@ -27,8 +27,10 @@ import logging
 import re
 import time
 import zlib
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from fleetplane.controllers.health import disk_percent, load_percent
@@ -50,6 +52,9 @@ SLICES = 12  # the flush loop writes one part of the sites every flush_interval 
 DEFAULT_RETENTION = "1m:3h,10m:24h,1h:7d"
 _SPAN = re.compile(r"^(\d+)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A step without a value, in a Column's array. Not NaN: -inf equals itself, so a column without
+# a gap is found so with one C-speed ``in`` (a percentage is never -inf).
+_MISSING = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -110,12 +115,22 @@ def _stamp(epoch: float) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None and v != _MISSING]
     return round(sum(known) / len(known), 1) if known else None
 
 
-@dataclass
+def _values(stored: Any) -> array[float]:
+    """A stored column (numbers and nulls) as a ``Column`` holds it: ``_MISSING`` for null."""
+    if not isinstance(stored, list):
+        return array("d")
+    return array(
+        "d",
+        (float(v) if isinstance(v, int | float) and not isinstance(v, bool) else _MISSING for v in stored),
+    )
+
+
+@dataclass(slots=True)
 class _Bucket:
     start: int
     samples: list[tuple[float | None, float | None, float | None]] = field(default_factory=list)
@@ -124,10 +139,23 @@ class _Bucket:
         return [float(self.start), *(_mean([s[i] for s in self.samples]) for i in range(3))]
 
 
+def _listed(column: array[float]) -> list[float | None]:
+    """A column as stored: a list, None for a step without a value."""
+    values: list[float | None] = list(column.tolist())
+    if _MISSING in values:
+        values = [None if v == _MISSING else v for v in values]
+    return values
+
+
 class Column:
     """One resolution of one site, columnar as stored: value ``i`` of ``cpu``/``memory``/``disk``
-    is the step starting at ``start + i * step``. Appending, trimming and writing out are list
-    operations (C speed), so a flush of 10,000 sites does not hold the event loop."""
+    is the step starting at ``start + i * step``. Appending and trimming are array operations
+    (C speed), so a flush of 10,000 sites does not hold the event loop.
+
+    A column is an ``array('d')``, ``_MISSING`` where a step has no value: 8 bytes a value. A site at
+    the default retention keeps 1,476 values; as lists of Python floats they were 50 KB of
+    the server's memory per site (half a gigabyte at 10,000 sites, reached after a week),
+    now 12 KB (``bench/alerts.py``, "history.memory_kb_per_site")."""
 
     __slots__ = ("level", "start", "values")
 
@@ -137,8 +165,8 @@ class Column:
         start = stored.get("start")
         ok = isinstance(start, int | float) and stored.get("stepSeconds") == level.step
         self.start: int | None = int(start) if ok and isinstance(start, int | float) else None
-        self.values: tuple[list[float | None], ...] = tuple(
-            list(stored.get(name) or []) if self.start is not None else []
+        self.values: tuple[array[float], ...] = tuple(
+            _values(stored.get(name)) if self.start is not None else array("d")
             for name in ("cpu", "memory", "disk")
         )
 
@@ -157,8 +185,8 @@ class Column:
         if index < len(self):
             return  # not after what we have (a clock step back): keep the first
         for column, value in zip(self.values, row, strict=True):
-            column.extend([None] * (index - len(column)))
-            column.append(value)
+            column.extend(repeat(_MISSING, index - len(column)))
+            column.append(_MISSING if value is None else value)
 
     def means(self, since: int, until: int) -> tuple[float | None, ...] | None:
         """Means over the steps in ``[since, until)``; None when there is no value there."""
@@ -185,13 +213,13 @@ class Column:
             self.start = None
 
     def stored(self) -> dict[str, Any]:
-        cpu, memory, disk = (list(c) for c in self.values)
+        cpu, memory, disk = (_listed(c) for c in self.values)
         level = self.level
         return {"resolution": level.name, "stepSeconds": level.step, "start": self.start, "cpu": cpu,
                 "memory": memory, "disk": disk}  # fmt: skip
 
 
-@dataclass
+@dataclass(slots=True)
 class SiteHistory:
     columns: list[Column]
     current: dict[str, Any] = field(default_factory=dict)
