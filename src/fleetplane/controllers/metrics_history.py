@@ -132,11 +132,22 @@ def _values(stored: Any) -> array[float]:
 
 @dataclass(slots=True)
 class _Bucket:
+    """A site's open window: per metric the sum and the count of its samples, not the samples
+    (a site may report every few seconds, and a list of them grew with each report)."""
+
     start: int
-    samples: list[tuple[float | None, float | None, float | None]] = field(default_factory=list)
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    counts: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+    def add(self, sample: tuple[float | None, ...]) -> None:
+        for i, value in enumerate(sample):
+            if value is not None:
+                self.sums[i] += value
+                self.counts[i] += 1
 
     def point(self) -> Point:
-        return [float(self.start), *(_mean([s[i] for s in self.samples]) for i in range(3))]
+        means = (round(total / n, 1) if n else None for total, n in zip(self.sums, self.counts, strict=True))
+        return [float(self.start), *means]
 
 
 def _listed(column: array[float]) -> list[float | None]:
@@ -239,7 +250,7 @@ class SiteHistory:
             self.close(now)
         if self.bucket is None:
             self.bucket = _Bucket(start)
-        self.bucket.samples.append((cpu, memory, disk))
+        self.bucket.add(sample)
 
     def close(self, now: float) -> None:
         """Turn the open bucket into a point, roll up what completed, drop what expired."""
