@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
 import time
 from collections.abc import Iterator
@@ -383,3 +384,20 @@ def test_a_score_that_moves_while_its_write_runs_is_written_next(store: Store) -
         assert second is not None and second["parts"]["security"] == 60
 
     asyncio.run(scenario())
+
+
+def test_a_site_that_reports_often_leaves_no_trail_of_re_evaluations() -> None:
+    # Each report moves the time its score would change by itself (lateness): the earlier
+    # re-evaluation it superseded must not stay queued until that time.
+    now = [1_700_000_000.0]
+    controller = HealthController(None, None, offline_after=600, clock=lambda: now[0])  # type: ignore[arg-type]
+    for n in range(120):  # ten minutes of reports every 5 s from 100 sites
+        stamp = dt.datetime.fromtimestamp(now[0], dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for i in range(100):
+            site = {"kind": SITE.kind, "metadata": {"name": f"s{i}", "resourceVersion": str(n)}}
+            controller._fold("acme", {**site, "status": {**status(), "lastSeen": stamp}}, deleted=False)
+        now[0] += 5
+    assert len(controller._heap) <= 2 * 100 + 64  # was one per report
+    now[0] += 600  # every site silent past the window: each is evaluated again, none lost
+    assert controller.expire() == 100
+    assert all(entry.health.colour == "red" for entry in controller.view.sites.values())

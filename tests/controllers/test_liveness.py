@@ -157,6 +157,33 @@ def test_the_deadline_heap_touches_only_what_is_due() -> None:
     asyncio.run(scenario())
 
 
+def test_a_site_that_reports_often_leaves_no_trail_of_deadlines() -> None:
+    # A long offline window and frequent reports: every report supersedes the last deadline.
+    now = [2_000_000.5]
+    controller = LivenessController(None, None, offline_after=600, clock=lambda: now[0])  # type: ignore[arg-type]
+    marked: list[SiteKey] = []
+
+    async def set_phase(key: SiteKey, phase: str) -> bool:
+        marked.append(key)
+        controller.phase[key] = phase
+        return True
+
+    controller._set_phase = set_phase  # type: ignore[method-assign]
+    for _ in range(120):  # ten minutes of reports every 5 s from 100 sites
+        when = dt.datetime.fromtimestamp(now[0], dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        for i in range(100):
+            controller._observe("t", site(f"s{i}", phase="Online", lastSeen=when))
+        now[0] += 5
+    assert len(controller._heap) <= 2 * 100 + 64  # was 12,000: one per report
+
+    async def scenario() -> None:
+        assert await controller.expire() == []  # the last reports are 5 s old
+        now[0] += 600
+        assert len(await controller.expire()) == 100 and len(marked) == 100  # then all are silent
+
+    asyncio.run(scenario())
+
+
 def test_seen_at() -> None:
     assert seen_at(None, 10.0) is None
     assert seen_at("2030-01-01T00:00:00Z", 10.0) == 10.0  # never in the future

@@ -39,7 +39,7 @@ from fleetplane.controllers.health import (
     scored_status,
     summarize,
 )
-from fleetplane.controllers.loop import StallWatch, run_controller
+from fleetplane.controllers.loop import Deadline, StallWatch, push_deadline, run_controller
 from fleetplane.controllers.membership import selector_of
 from fleetplane.core.errors import ApiError
 from fleetplane.core.label_index import LabelIndex
@@ -313,9 +313,15 @@ class HealthController:
         # Another policy folded since: the deny keys the writer scored against are stale.
         return pre.health if pre.deny is self.view.deny.get(key[0], _NO_DENY) else None
 
+    def _current(self, deadline: Deadline) -> bool:
+        """Whether a heap entry is the site's current re-evaluation time (``expire`` skips the others)."""
+        entry = self.view.sites.get((deadline[1], deadline[2]))
+        return entry is not None and entry.health.valid_until == deadline[0]
+
     def _track(self, key: SiteKey, entry: SiteEntry) -> None:
         if entry.health.valid_until is not None:
-            heapq.heappush(self._heap, (entry.health.valid_until, *key))
+            deadline = (entry.health.valid_until, *key)
+            push_deadline(self._heap, deadline, live=len(self.view.sites), valid=self._current)
         if entry.reported and entry.health.to_status() != entry.stored:
             self._dirty.add(key)
 

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from fleetplane.controllers.loop import StallWatch, run_controller
+from fleetplane.controllers.loop import Deadline, StallWatch, push_deadline, run_controller
 from fleetplane.core.errors import ApiError
 from fleetplane.core.objects import Obj
 from fleetplane.core.store import EventType, Store
@@ -87,8 +87,15 @@ class LivenessController:
             return False
         if self.seen.get(key) != ts:
             self.seen[key] = ts
-            heapq.heappush(self._heap, (ts + self.offline_after, *key))
+            push_deadline(
+                self._heap, (ts + self.offline_after, *key), live=len(self.seen), valid=self._current
+            )
         return phase in REVIVED and now - ts < self.offline_after
+
+    def _current(self, entry: Deadline) -> bool:
+        """Whether a heap entry is the site's current deadline (``expire`` skips the others)."""
+        ts = self.seen.get((entry[1], entry[2]))
+        return ts is not None and ts + self.offline_after == entry[0]
 
     def _credited(self, ts: float | None) -> float | None:
         if ts is None or self.started is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -19,6 +20,22 @@ from typing import Any
 from fleetplane.core.errors import ApiError
 
 log = logging.getLogger(__name__)
+Deadline = tuple[float, str, str]  # (when, tenant, name)
+STALE_ALLOWANCE = 64  # stale entries a deadline heap may hold beyond one per live key
+
+
+def push_deadline(
+    heap: list[Deadline], item: Deadline, *, live: int, valid: Callable[[Deadline], bool]
+) -> None:
+    """Push onto a heap of lazily invalidated deadlines (a ticker pops the due ones and skips
+    those a later push superseded). When the heap holds more than twice ``live`` entries (at
+    most one per key is current), the stale ones are dropped: the heap stays the size of the
+    fleet, not of the reports since the oldest deadline (a site reporting every 5 s with
+    ``--offline-after 600`` left 120 entries each). ``valid``: whether an entry is current."""
+    heapq.heappush(heap, item)
+    if len(heap) > 2 * live + STALE_ALLOWANCE:
+        heap[:] = [entry for entry in heap if valid(entry)]
+        heapq.heapify(heap)
 
 
 class StallWatch:
