@@ -244,6 +244,21 @@ def test_output_formats(srv: ServerProcess) -> None:
     assert "unknown output format" in bad
 
 
+def test_a_piped_table_keeps_each_row_on_one_line(srv: ServerProcess) -> None:
+    # Piped, with no COLUMNS: no terminal width to fit, so nothing is folded (a script greps
+    # a row and takes its first field).
+    long_name = "pipe-" + "x" * 50
+    labels = {f"label-{i}": "value-" + "y" * 20 for i in range(4)}
+    ok(run(srv, "apply", "-f", "-", stdin=yaml.safe_dump(site_doc(long_name, labels, display="A Long Name"))))
+    wide = ok(run(srv, "get", "sites", "-o", "wide", drop=("COLUMNS",)))
+    row = next(line for line in wide.splitlines() if long_name in line)
+    assert len(row) > 160 and row.split()[0] == long_name
+    assert all(f"label-{i}=value-" + "y" * 20 in row for i in range(4))
+    # A set width is still honoured.
+    narrow = ok(run(srv, "get", "sites", "-o", "wide", env={"COLUMNS": "80"}))
+    assert max(len(line) for line in narrow.splitlines()) <= 80
+
+
 def test_get_virtual_sites_shows_members(srv: ServerProcess) -> None:
     docs = [site_doc(f"mem-{i}", {"memtest": "on"}) for i in range(3)] + [
         vs_doc("mem-all", "shop", "memtest=on"),

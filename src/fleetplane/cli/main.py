@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,8 +24,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+UNWRAPPED_WIDTH = 100_000  # "as wide as the cells": Rich needs a number
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """Rich's console for the CLI's output. Piped or redirected (a script, ``grep``, a CI log)
+    there is no terminal to fit: Rich then assumes 80 columns and folds table cells across
+    lines, splitting the very names a script greps for. Off a terminal, rows are as wide as
+    their cells, as kubectl's are; ``COLUMNS`` still sets a width."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, soft_wrap=True, width=UNWRAPPED_WIDTH if wide else None)
+
+
+out = _console()
+err = _console(stderr=True)
 DEFAULT_NAMESPACE = "default"
 
 
