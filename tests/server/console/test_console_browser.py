@@ -220,6 +220,18 @@ def test_rollout_progress_bar_advances_live(page: Page, server: ServerProcess, a
     shot(page, "rollouts")
 
 
+def test_a_site_without_a_display_name_shows_none(
+    page: Page, server: ServerProcess, admin: httpx.Client
+) -> None:
+    r = admin.post(f"{API}/sites", json={"metadata": {"name": "plain-1", "labels": {"tier": "bronze"}}})
+    assert r.status_code == 201, r.text
+    wait_for("the console to know it", lambda: admin.get("/console/api/sites/plain-1").status_code == 200)
+    page.goto(server.url + "/console/#/site/plain-1")
+    page.wait_for_selector("#site-phase")
+    assert page.inner_text("h1").startswith("plain-1")
+    assert "null" not in page.inner_text("main").split()  # root.append(null) printed it
+
+
 def test_other_pages_render(page: Page, server: ServerProcess) -> None:
     for name, marker in (
         ("virtualsites", '[data-virtualsite="ops/pool"]'),

@@ -141,7 +141,7 @@
     root.append(
       h("p", {}, h("a", { href: "#/sites" }, "‹ Sites")),
       h("h1", {}, s.name, " ", badge(colour, s.health ? s.health.score : null)),
-      s.spec.displayName ? h("p", {}, s.spec.displayName) : null,
+      ...(s.spec.displayName ? [h("p", {}, s.spec.displayName)] : []), // root.append would print a null
       h(
         "dl",
         { class: "facts" },
