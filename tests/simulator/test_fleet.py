@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +162,66 @@ async def test_sim_driver_under_the_core_keeps_the_manifest_offline(tmp_path: Pa
     assert core.state == "Applied" and core.generation == 2
     after = (await driver.observe()).allocatable
     assert after.cpu_millis == before.cpu_millis - 500
+
+
+@pytest.mark.parametrize("follows", [False, True])
+def test_a_background_simulator_outlives_the_shell_that_started_it(tmp_path: Path, follows: bool) -> None:
+    """``fleetplane simulate ... &`` from a script: the script's shell exits at once. The
+    simulator must keep running (and its sites with it); only a demo's simulator, started with
+    ``--exit-with-parent``, stops when its parent is gone."""
+    from tests.support.onboarding import make_ca, pem
+
+    _, ca = make_ca("background-sim-test")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(pem(ca))
+    data_dir = tmp_path / "sites"
+    argv = [
+        sys.executable, "-m", "fleetplane", "simulate", "--server", "https://127.0.0.1:9",
+        "--ca-file", str(ca_file), "--token", "fpt_unused", "--sites", "1",
+        "--data-dir", str(data_dir), *(["--exit-with-parent"] if follows else []),
+    ]  # fmt: skip
+    # The shell starts the simulator in the background, lets it start, and exits: the
+    # simulator is reparented.
+    shell = subprocess.Popen(
+        ["sh", "-c", f"{shlex.join(argv)} >{tmp_path / 'sim.log'} 2>&1 & echo $!; sleep 4"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert shell.stdout is not None
+    pid = int(shell.stdout.readline().strip())
+    try:
+        shell.wait(30)
+        time.sleep(4.0)  # the simulator looks for its parent every second
+        alive = Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        log = (tmp_path / "sim.log").read_text()
+        if follows:
+            assert not alive and "parent process gone" in log, log
+        else:
+            assert alive and "parent process gone" not in log, log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_simulator_still_onboarding_stops_on_sigterm(tmp_path: Path) -> None:
+    """Against a server that is down, onboarding retries for ever; a stop must not wait for it."""
+    from tests.support.onboarding import make_ca, pem
+
+    _, ca = make_ca("stopping-sim-test")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(pem(ca))
+    argv = [
+        sys.executable, "-m", "fleetplane", "simulate", "--server", "https://127.0.0.1:9",
+        "--ca-file", str(ca_file), "--token", "fpt_unused", "--sites", "3",
+        "--data-dir", str(tmp_path / "sites"),
+    ]  # fmt: skip
+    sim = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4.0)
+        assert sim.poll() is None  # still trying to onboard
+        sim.send_signal(signal.SIGTERM)
+        _, err = sim.communicate(timeout=10)
+        assert "Traceback" not in err, err
+    finally:
+        if sim.poll() is None:
+            sim.kill()

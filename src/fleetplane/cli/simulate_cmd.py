@@ -97,6 +97,14 @@ def register(app: typer.Typer) -> None:
                 + "; every fault takes after= and duration= seconds).",
             ),
         ] = None,
+        exit_with_parent: Annotated[
+            bool,
+            typer.Option(
+                "--exit-with-parent",
+                hidden=True,  # for `fleetplane demo`, which starts the simulator as its child
+                help="Stop when the process that started this one is gone (killed with -9).",
+            ),
+        ] = False,
     ) -> None:
         """Onboard N simulated sites through the real zero-touch path and run their agents.
 
@@ -135,6 +143,7 @@ def register(app: typer.Typer) -> None:
             profile=profile,
             start_rate=start_rate,
             faults=faults,
+            parent_pid=os.getppid() if exit_with_parent else None,  # now: the parent may go soon
         )
         err.print(
             f"simulating {sites} sites against {config.server} ({config.processes} process(es); "
@@ -191,7 +200,7 @@ def register(app: typer.Typer) -> None:
                 sys.executable, "-m", "fleetplane", "simulate", "--server", url, "--ca-file", str(ca_file),
                 "--token-file", str(token_file), "--sites", str(sites), "--seed", str(seed),
                 "--data-dir", str(root / "demo-sites"), "--heartbeat", str(heartbeat),
-                "--processes", str(processes),
+                "--processes", str(processes), "--exit-with-parent",
             ]  # fmt: skip
             sim = subprocess.Popen(argv)
             _wait_any(server, sim)

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,10 @@ class SimulateConfig:
     summary_every: float = 10.0
     durable: bool = False  # fsync manifest.json (a real site does; a simulated one need not)
     faults: tuple[str, ...] = ()  # injected into every site at start, e.g. "install_failure:count=1"
+    # Stop when this process is gone (its pid, taken when the simulator started): set for a
+    # simulator a demo started, and for the workers of a multi-process run. A simulator an
+    # operator started from a shell in the background must outlive that shell.
+    parent_pid: int | None = None
 
 
 def make_driver(plan: SitePlan, profile: str, faults: Sequence[str] = ()) -> Driver:
@@ -237,7 +241,7 @@ class FleetRunner:
         self.label = label
         self.runs: list[SimSiteRun] = []
         self._stop = asyncio.Event()
-        self._parent = os.getppid()
+        self._parent = config.parent_pid
 
     def stop(self) -> None:
         self._stop.set()
@@ -254,17 +258,25 @@ class FleetRunner:
         starter = _RateLimiter(cfg.start_rate)
         onboarding = [asyncio.create_task(self._bring_up(i, anon, sem, starter)) for i in self.indices]
         summary = asyncio.create_task(self._summaries())
+        everyone = asyncio.gather(*onboarding)
+        stopped = asyncio.create_task(self._stop.wait())
         try:
-            await asyncio.gather(*onboarding)
-            await anon.aclose()
-            running = sum(1 for r in self.runs if r.task is not None)
-            print(
-                f"simulator{self.label}: {running}/{len(self.indices)} sites running",
-                file=sys.stderr,
-                flush=True,
-            )
-            await self._stop.wait()
+            # A stop (SIGTERM, Ctrl-C, the parent gone) ends onboarding too: against a server
+            # that is down, onboarding retries for ever.
+            await asyncio.wait((everyone, stopped), return_when=asyncio.FIRST_COMPLETED)
+            if everyone.done():
+                everyone.result()  # a failure of the simulator itself, not of a site
+                await anon.aclose()
+                running = sum(1 for r in self.runs if r.task is not None)
+                print(
+                    f"simulator{self.label}: {running}/{len(self.indices)} sites running",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await stopped
         finally:
+            stopped.cancel()
+            everyone.cancel()
             summary.cancel()
             for t in onboarding:
                 t.cancel()
@@ -274,7 +286,7 @@ class FleetRunner:
                 if r.task is not None:
                     r.task.cancel()
             tasks = [r.task for r in self.runs if r.task is not None]
-            await asyncio.gather(*tasks, *onboarding, summary, return_exceptions=True)
+            await asyncio.gather(*tasks, *onboarding, everyone, stopped, summary, return_exceptions=True)
             await anon.aclose()
 
     async def _bring_up(
@@ -308,7 +320,7 @@ class FleetRunner:
         while True:
             for _ in range(max(1, int(self.config.summary_every))):
                 await asyncio.sleep(1.0)
-                if os.getppid() != self._parent:  # the parent died (kill -9): do not linger
+                if self._parent is not None and os.getppid() != self._parent:  # killed with -9
                     log.error("simulator%s: parent process gone; stopping", self.label)
                     self._stop.set()
                     return
@@ -370,7 +382,8 @@ def _worker(config: SimulateConfig, worker: int, workers: int) -> None:
     _setup_logging()
     tune_for_service()
     indices = range(worker, config.sites, workers)
-    run_loop(run_process(config, indices, f"[{worker}]"))
+    # A worker stops with the simulator that spawned it, whoever started that one.
+    run_loop(run_process(replace(config, parent_pid=os.getppid()), indices, f"[{worker}]"))
 
 
 def _setup_logging(level: int = logging.WARNING) -> None:
