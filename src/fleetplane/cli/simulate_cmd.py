@@ -193,7 +193,9 @@ def register(app: typer.Typer) -> None:
                 f"{ca_file}, or accept the warning)\n"
                 f"  {sites} simulated sites onboard now (data in {root / 'demo-sites'});\n"
                 "  in another terminal:\n"
-                f"  try: .venv/bin/fleetplane get sites -o wide -l region=eu-west\n",
+                f"  try: .venv/bin/fleetplane get sites -o wide -l region=eu-west\n"
+                "  kubectl: .venv/bin/fleetplane kubeconfig NAMESPACE/VK8S -o k.yaml, then "
+                "KUBECONFIG=k.yaml kubectl get pods -o wide (README: Deploy applications with kubectl)\n",
                 highlight=False,
             )
             argv = [
