@@ -319,6 +319,26 @@ def test_rolling_os_upgrade_stops_at_its_failure_budget(fleet: Fleet) -> None:
         causes = [c["field"] for c in resp.json()["details"]["causes"]]
         assert causes == ["spec.strategy.batchSize"]
 
+    # Undo of this first revision. There is no older revision, and no os section would mean
+    # "keep what you run": each site goes back to the OS it ran when it was handed revision 1.
+    act(server, "osupgrade-fleetos-1", rollback=True)
+    undone = wait_for("rolled back", phase_is(server, "osupgrade-fleetos-1", "RolledBack"), 60, *fleet.logs())
+    assert undone["reason"] == "RollbackRequested"
+    assert undone["counts"]["rolledBack"] == len(first) and undone["counts"]["rollbackFailed"] == 0
+    assert all(undone["sites"][n]["before"] == {"version": OLD} for n in first)
+    found, mans = sites(server, "pool=main"), manifests(server)
+    # "Back" means back: every site runs the OS it ran before, committed.
+    assert {n: s["status"]["os"]["current"] for n, s in found.items() if n in first} == dict.fromkeys(
+        first, OLD
+    )
+    for name, s in found.items():
+        os_section = mans[name]["spec"]["sections"].get("os")
+        if name in first:
+            assert os_item(s)["state"] == "Applied", name
+            assert os_section["version"] == OLD and os_section["restored"] == ["ops/fleetos"], name
+        else:
+            assert os_section is None and s["status"]["os"]["current"] == OLD, name
+
 
 # -- 2. canary promoted after its soak; sites joining during and after ---------------------------------
 

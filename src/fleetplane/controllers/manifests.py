@@ -265,13 +265,14 @@ class ManifestState:
         if not self.follow_rollouts or hist is None:
             return obj
         revision = hist.choose(site)
-        if revision is None:
-            return None
-        if revision != hist.generation:
-            obj = hist.revision_object(revision)
-        if any(site in self.members(vs) for vs in targets_of(key[0], obj)):
-            return obj
-        return None
+        if revision is not None:
+            if revision != hist.generation:
+                obj = hist.revision_object(revision)
+            if any(site in self.members(vs) for vs in targets_of(key[0], obj)):
+                return obj
+        # Nothing of the intent reaches the site: after an undo of an OS upgrade that would
+        # leave it on the new version, so it gets back what it ran before (if recorded).
+        return hist.restore_object(site, revision)
 
     def apply(self, ev: Event) -> set[SiteKey]:
         """Fold one watch event in; return the sites to recompile."""

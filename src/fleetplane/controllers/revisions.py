@@ -13,6 +13,11 @@ each of its ``Rollout``s. ``choose(site)`` walks the revisions newest first
 A site that a running rollout has not reached keeps the revision an older rollout gave it,
 so abort and rollback need no special case. The compile then checks that the chosen
 revision targets the site. Pure and synchronous; ``controllers/manifests.py`` feeds it.
+
+One special case: a kind whose absence keeps what a site runs (the OS) would leave a site
+rolled back past every revision that reached it on the new version. For those the rollout
+records what the site ran at hand-out (``SiteRecord.before``), and ``restore_object`` turns it
+into the intent at revision ``RESTORED`` for the compile to use instead of nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from fleetplane.core.objects import Obj
 
 # Specs remembered per intent beyond those a Rollout names (the store keeps the history).
 MEMORY = 16
+# The "revision" of an intent object built from a site's ``before`` record: not a revision of
+# the intent, but what the site ran before one of them reached it (revisions start at 1).
+RESTORED = 0
 
 
 class RevisionMissing(Exception):
@@ -97,6 +105,24 @@ class IntentRevisions:
                 return revision
             if rollout is not None and holds_new(rollout, site):
                 return revision
+        return None
+
+    def restore_object(self, site: str, chosen: int | None) -> Obj | None:
+        """After an undo: the intent as "keep running what you ran before" for ``site``, when
+        a revision newer than ``chosen`` (what ``choose`` gave, which does not reach the site)
+        was rolled back from it and its rollout recorded what it ran before (only kinds
+        whose absence keeps what a site runs record that). The newest such record wins."""
+        for revision in self.reachable():
+            if chosen is not None and revision <= chosen:
+                break
+            rollout = self.rollouts.get(revision)
+            rec = rollout.sites.get(site) if rollout is not None else None
+            if rec is not None and rec.rollbackAt is not None and rec.before is not None:
+                obj = self.revision_object(revision)
+                obj["metadata"]["generation"] = RESTORED
+                obj["spec"] = {**obj["spec"], **rec.before}
+                obj["spec"].pop("strategy", None)
+                return obj
         return None
 
     def revision_object(self, revision: int) -> Obj:

@@ -11,6 +11,11 @@ site, the intent revisions of its last few manifests.
 ``status.health.score`` (or a number in ``status.health``) when the site has one; otherwise
 0 when the site is not ``Online``, else ``100 * (1 - failed items / items)`` of the manifest
 it reports (100 with no items); unknown (``None``) while it has never reported.
+
+**Kinds whose absence keeps what a site runs** (a contributor with ``baseline``: the OS).
+The view keeps what each site runs of them (``SiteView.baselines``) for the engine to record
+at hand-out, so an undo can put it back. A site rolling back whose manifest then carries
+nothing of the intent has not gone back (nothing tells it to): it is observed as failed.
 """
 
 from __future__ import annotations
@@ -65,17 +70,35 @@ def site_health(status: Mapping[str, Any]) -> float | None:
     return round(100.0 * (1 - failed / len(items)), 1)
 
 
+Baseline = Callable[[Mapping[str, Any]], dict[str, Any] | None]
+
+
+def baselines_of(sections: SectionRegistry) -> dict[str, Baseline]:
+    """By intent kind: how to read what a site runs, for kinds whose absence keeps it."""
+    out: dict[str, Baseline] = {}
+    for contributor in sections.all():
+        baseline = getattr(contributor, "baseline", None)
+        if callable(baseline):
+            out[contributor.kind] = baseline
+    return out
+
+
 @dataclass(frozen=True)
 class SiteView:
     labels: dict[str, str]
     report: dict[str, Any] | None  # Site.status.manifest
     health: float | None
+    # By intent kind whose absence keeps what a site runs: what it runs now ({version: …}).
+    baselines: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, obj: Obj) -> SiteView:
+    def of(cls, obj: Obj, baselines: Mapping[str, Baseline] | None = None) -> SiteView:
         status = obj.get("status") or {}
         report = status.get("manifest")
-        return cls(dict(labels_of(obj)), report if isinstance(report, dict) else None, site_health(status))
+        runs = {kind: found for kind, read in (baselines or {}).items() if (found := read(status))}
+        return cls(
+            dict(labels_of(obj)), report if isinstance(report, dict) else None, site_health(status), runs
+        )
 
 
 def _uid_of(obj: Obj) -> str:
@@ -96,6 +119,7 @@ class RolloutView:
     def __post_init__(self) -> None:
         # section -> intent kind, once: looked up for every manifest event
         self._section_kinds = {c.section: c.kind for c in self.sections.all()}
+        self._baselines = baselines_of(self.sections)
         # The parsed status of each Rollout, by its resourceVersion: parsing 1,000 site
         # records is most of what a step would otherwise cost.
         self._states: dict[RolloutKey, tuple[str, RolloutState]] = {}
@@ -113,7 +137,7 @@ class RolloutView:
                 self.manifests.pop(key, None)
                 self.membership.remove_site(*key)
                 return {ev.tenant}, set()
-            view = SiteView.of(obj)
+            view = SiteView.of(obj, self._baselines)
             old = self.sites.get(key)
             self.sites[key] = view
             if old is not None and old.labels == view.labels:
@@ -268,16 +292,25 @@ class RolloutView:
         generation = report.get("generation")
         known = self.manifests.get((tenant, site), {})
         revision: int | None = UNKNOWN
+        stranded: tuple[str, ...] = ()
         if isinstance(generation, int) and generation in known:
             actual = known[generation].get(ident)
             # Anything but this rollout's revision counts as "back where it was".
             revision = state.revision if actual == state.revision else state.previousRevision
+            rec = state.sites.get(site)
+            if actual is None and kind in self._baselines and rec is not None and rec.rollbackAt is not None:
+                # No entry keeps the new version running: not "back" (nothing was recorded to
+                # go back to: the site had not reported what it ran when it was handed out).
+                stranded = (
+                    f"{section}/{section}: nothing to go back to: what the site ran before revision "
+                    f"{state.revision} is not known, so it keeps what it runs",
+                )
         items = [
             i
             for i in report.get("items") or []
             if i.get("section") == section and (not per_item or i.get("name") == ident[1])
         ]
-        failed = tuple(
+        failed = stranded + tuple(
             f"{i['section']}/{i['name']}: {i.get('reason') or 'failed'}"
             for i in items
             if i.get("state") == "Failed"
@@ -285,7 +318,12 @@ class RolloutView:
         busy = any(i.get("state") == "InProgress" for i in items)
         applied = bool(report) and not busy and (bool(items) or report.get("state") != "Applying")
         return SiteObservation(
-            labels=view.labels, revision=revision, applied=applied, failed=failed, health=view.health
+            labels=view.labels,
+            revision=revision,
+            applied=applied,
+            failed=failed,
+            health=view.health,
+            baseline=view.baselines.get(kind),
         )
 
 

@@ -175,6 +175,8 @@ class RolloutSiteStatus(Schema):
     rollbackAt: float | None = None
     reason: str | None = None
     inTarget: bool = True
+    # What the site ran before the hand-out (kinds whose absence keeps it: {version: …}).
+    before: dict[str, Any] | None = None
 
 
 class RolloutWaveStatus(Schema):

@@ -49,6 +49,10 @@ class SiteObservation:
     # When the manifest carrying the engine's last decision for the site was written, if the
     # controller knows; timeouts then count from there rather than from the decision.
     handed_at: float | None = None
+    # What the site runs now of what this intent sets, for kinds whose absence does not undo
+    # them (an OS stays when no intent names one): ``{"version": "fleetos-1.4.2"}``. Kept in
+    # the site's record at hand-out (``before``), so a rollback can put that back.
+    baseline: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,9 @@ class _Step:
     def _hand(self, name: str) -> None:
         rec = self._own(name)
         rec.state, rec.handedAt = "InProgress", self.now
+        o = self.obs.get(name)
+        if o is not None and o.baseline is not None:
+            rec.before = dict(o.baseline)  # what a rollback puts back (docs/rollouts.md)
         self.hand_out.append(name)
 
     # -- operator actions ---------------------------------------------------------------------

@@ -51,6 +51,10 @@ class SiteRecord:
     reason: str | None = None
     # False once the site left the target set; it no longer gates its wave.
     inTarget: bool = True
+    # What the site ran before the hand-out, for kinds whose absence keeps what a site runs
+    # (``SiteObservation.baseline``: the OS version); a rollback with no older revision for
+    # the site puts this back. None for other kinds.
+    before: dict[str, Any] | None = None
 
     def copy(self) -> SiteRecord:
         # Positional, not dataclasses.replace: a step copies the records it changes.
@@ -63,6 +67,7 @@ class SiteRecord:
             self.rollbackAt,
             self.reason,
             self.inTarget,
+            self.before,  # never changed in place: set once, at hand-out
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -74,6 +79,8 @@ class SiteRecord:
                 out[name] = value
         if not self.inTarget:
             out["inTarget"] = False
+        if self.before is not None:
+            out["before"] = dict(self.before)
         return out
 
     @classmethod
@@ -87,6 +94,7 @@ class SiteRecord:
             rollbackAt=_float(data.get("rollbackAt")),
             reason=data.get("reason"),
             inTarget=bool(data.get("inTarget", True)),
+            before=dict(data["before"]) if isinstance(data.get("before"), dict) else None,
         )
 
 
