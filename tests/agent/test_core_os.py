@@ -67,3 +67,43 @@ async def test_install_completion_is_reported_at_once_beside_a_failed_item(tmp_p
         await until(lambda: api.polls[-1][1] > 1)
 
     await running(core, body)
+
+
+async def test_a_restarted_agent_keeps_the_committed_os_and_does_not_reinstall(tmp_path: Path) -> None:
+    """The OS is on the box's disk, the agent is a process: a new agent (and sim driver) over the
+    same data dir reports the version committed before, and its manifest is Applied at once."""
+    profile = SiteProfile(
+        nodes=1, os_version="fleetos-1.4.2", install_s=0.2, reboot_s=0.1, health_check_s=0.1
+    )
+    wanted = manifest({"os": {"version": "fleetos-2.0.0"}})
+
+    def core_over(api: ScriptedApi, driver: SimDriver) -> AgentCore:
+        def factory(_: SavedIdentity) -> SiteApi:
+            return api
+
+        return AgentCore(
+            ident(tmp_path), driver, client_factory=factory, rng=random.Random(7), durable=False, heartbeat=60
+        )
+
+    api, driver = ScriptedApi(), SimDriver.for_site("s1", profile=profile)
+    api.publish(wanted)
+
+    async def upgrade() -> None:
+        await until(
+            lambda: any(i["state"] == "Applied" for s in api.statuses for i in os_items(s)), timeout=5
+        )
+
+    await running(core_over(api, driver), upgrade)
+    assert driver.site.os.version == "fleetos-2.0.0"
+
+    api2, driver2 = ScriptedApi(), SimDriver.for_site("s1", profile=profile)
+    api2.publish(wanted)
+
+    async def restarted() -> None:
+        await until(lambda: bool(api2.statuses))
+        first = api2.statuses[0]
+        assert first["os"]["current"] == first["osVersion"] == "fleetos-2.0.0"
+        assert [(i["name"], i["state"]) for i in os_items(first)] == [("fleetos-2.0.0", "Applied")]
+        assert driver2.site.os.state == "Idle"
+
+    await running(core_over(api2, driver2), restarted)

@@ -14,12 +14,19 @@ Manifest sections applied today: ``reservations``, ``networkPolicies`` and
 (vK8s fan-out) runs its Deployments/StatefulSets/Jobs on the workloads model
 (``simmodel.workload_section``) and reports their pods in ``Site.status.pods``. Without that
 section the workloads model may still be driven directly (``site.workloads``).
+
+What a real site keeps on its disks outlives the agent process: ``SimSite.persist_to(data_dir)``
+(called by ``SimDriver.bind_site`` with the agent's data dir) keeps the rack's hosts in
+``rack.json``, the OS A/B slots in ``os.json`` and the nodes' pulled images in ``images.json``,
+and takes them back, so a restarted simulator's sites run the OS they had committed. The rest
+is rebuilt from the persisted manifest, or starts over (see ``persist_to``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fleetplane.agent.drivers.base import Allocatable, Clock, ItemStatus, Observation, RealClock
@@ -97,6 +104,23 @@ class SimSite:
         # The rack and its provisioning pipeline (the ``infra`` section; agent/infra.py).
         self.metal = SimBareMetal(seed, name, self.clock, self.faults, slow=self._slow)
         self.infra = InfraExecutor(self.metal, now=self.clock.now)
+        self.data_dir: Path | None = None
+
+    def persist_to(self, data_dir: Path) -> None:
+        """Keep in ``data_dir`` what a real site keeps on its disks across an agent restart, and
+        take it back now: the rack (``rack.json``), the OS slots (``os.json``: the site runs the
+        OS it committed, and resumes an upgrade under way) and the nodes' pulled images
+        (``images.json``). Not kept, though a real site keeps them: running pods (re-created
+        from the persisted manifest, with new creation times and restarts from 0) and policy
+        hit counters (from 0). Injected faults are the simulator's settings, not the site's. A
+        fresh site (no files) runs exactly as without this (same seed, same observations)."""
+        if self.data_dir is not None:
+            return
+        self.data_dir = data_dir
+        now = self.advance()
+        self.metal.persist_to(data_dir / "rack.json")
+        self.os_section.persist_to(data_dir / "os.json", now)
+        self.workloads.persist_images_to(data_dir / "images.json")
 
     def __repr__(self) -> str:
         return f"SimSite({self.name!r}, nodes={len(self.nodes)}, labels={self.labels})"
@@ -291,14 +315,14 @@ class SimDriver:
         return items
 
     def bind_site(self, ident: SavedIdentity) -> None:
-        """The agent core hands over the site's identity: the infra pipeline keeps its state
-        in ``infra.json``, the rack in ``rack.json``, and downloads artifacts by hash into
-        ``artifacts/`` (``agent/infra_site.py``)."""
+        """The agent core hands over the site's identity: the site's disks live in its data dir
+        (``SimSite.persist_to``), the infra pipeline keeps its state in ``infra.json`` and
+        downloads artifacts by hash into ``artifacts/`` (``agent/infra_site.py``)."""
         from fleetplane.agent.infra_site import SiteLink
 
+        self.site.persist_to(ident.data_dir)
         infra = self.site.infra
         if infra.state_file is None:
-            self.site.metal.persist_to(ident.data_dir / "rack.json")
             infra.load(ident.data_dir / "infra.json")
         link = SiteLink(ident)
         infra.fetch, infra.publish = link.fetch, link.publish

@@ -18,7 +18,7 @@ packages, cluster, containers), ``node`` (default: the first node that tries it)
 from __future__ import annotations
 
 import dataclasses
-import json
+import logging
 import os
 import random
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from fleetplane.agent.drivers.baremetal import Artifact, ClusterInfo, Discovered
 from fleetplane.agent.drivers.base import Clock
 from fleetplane.agent.drivers.simmodel.engine import derived_random
 from fleetplane.agent.drivers.simmodel.faults import Faults
+from fleetplane.agent.drivers.simmodel.state_file import read_state, write_state
 
 __all__ = ["DEFAULT_RACK_SIZE", "SimBareMetal", "Timings", "time_scale"]
 
@@ -35,6 +36,7 @@ GI = 1024**3
 DEFAULT_RACK_SIZE = 12
 SCALE_ENV = "FLEETPLANE_SIM_TIME_SCALE"
 RACK_ENV = "FLEETPLANE_SIM_RACK_SIZE"
+log = logging.getLogger("fleetplane.agent.sim")
 _CPUS = (
     ("Intel Xeon Gold 6338N", 32),
     ("Intel Xeon Silver 4314", 16),
@@ -131,16 +133,20 @@ class SimBareMetal:
     def persist_to(self, path: Path) -> None:
         """Keep the hosts' state in ``path`` (loaded now if it exists)."""
         self._file = path
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        data = read_state(path, "rack")
+        if data is None:
             return
-        self.images = {k: str(v) for k, v in (data.get("images") or {}).items() if k in self.hosts}
-        self.cluster = {k: str(v) for k, v in (data.get("cluster") or {}).items() if k in self.hosts}
-        self.cordoned = {n for n in data.get("cordoned") or [] if n in self.hosts}
-        for name in data.get("powered") or []:
-            if name in self.hosts:
-                self.powered[name] = True
+        try:
+            images = {k: str(v) for k, v in (data.get("images") or {}).items() if k in self.hosts}
+            cluster = {k: str(v) for k, v in (data.get("cluster") or {}).items() if k in self.hosts}
+            cordoned = {n for n in data.get("cordoned") or [] if n in self.hosts}
+            powered = {n for n in data.get("powered") or [] if n in self.hosts}
+        except (AttributeError, TypeError) as exc:  # a field of the wrong type: damaged
+            log.warning("ignoring %s (rack): %s; the hosts start bare", path, exc)
+            return
+        self.images, self.cluster, self.cordoned = images, cluster, cordoned
+        for name in powered:
+            self.powered[name] = True
 
     def _save(self) -> None:
         if self._file is None:
@@ -151,9 +157,7 @@ class SimBareMetal:
             "cordoned": sorted(self.cordoned),
             "powered": sorted(n for n, on in self.powered.items() if on),
         }
-        tmp = self._file.with_name(f".{self._file.name}.tmp")
-        tmp.write_text(json.dumps(data, sort_keys=True))
-        tmp.replace(self._file)
+        write_state(self._file, data)
 
     async def _take(self, seconds: float) -> None:
         self.work_s += seconds * self.scale

@@ -4,18 +4,25 @@ node (as the kubelet does by default) at the site's link speed; images marked ba
 crash-loop, and pods whose memory use exceeds their limit are OOMKilled, both
 restarted with the kubelet's exponential back-off (10 s doubling, capped at 300 s). An image
 tagged ``:missing`` does not exist in its registry: its pull fails and is retried with the same
-back-off (``ImagePullBackOff``), until the workload changes."""
+back-off (``ImagePullBackOff``), until the workload changes.
+
+A node's pulled images are on its disk: with ``persist_images_to(path)`` (the sim driver:
+``<data-dir>/images.json``) they outlive the agent, so pods created again after an agent
+restart start without pulling, and the nodes' disk use stays what it was."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Literal
 
 from fleetplane.agent.drivers.base import ItemStatus
 from fleetplane.agent.drivers.simmodel.engine import EventQueue, unit_noise
 from fleetplane.agent.drivers.simmodel.nodes import Node, fmt_bytes, fmt_cpu
 from fleetplane.agent.drivers.simmodel.profile import MI
+from fleetplane.agent.drivers.simmodel.state_file import read_state, write_state
 
 __all__ = ["BACKOFF_CAP_S", "BACKOFF_START_S", "CRASH_AFTER_S", "OOM_AFTER_S", "Pod", "PodPhase"]
 __all__ += ["Workload", "WorkloadModel", "backoff", "default_image_size", "image_is_bad", "image_is_missing"]
@@ -27,6 +34,9 @@ BACKOFF_CAP_S = 300.0
 CRASH_AFTER_S = 3.0  # a bad image runs this long before it exits with an error
 OOM_AFTER_S = 5.0  # memory use ramps to the working set over this long
 PULL_FAIL_S = 1.0  # a registry answers "manifest unknown" this fast
+IMAGES_FORMAT = 1  # of the state file
+
+log = logging.getLogger("fleetplane.agent.sim")
 
 
 def backoff(restarts: int) -> float:
@@ -119,6 +129,32 @@ class WorkloadModel:
         self.pods: dict[str, Pod] = {}
         self.workloads: dict[str, Workload] = {}
         self.images = {n.name: _NodeImages() for n in nodes}
+        self._file: Path | None = None
+
+    # --- across agent restarts ----------------------------------------------------------
+
+    def persist_images_to(self, path: Path) -> None:
+        """Keep the nodes' pulled images in ``path`` from now on (loaded now if it is there;
+        entries for nodes the site does not have, or that do not read, are left out)."""
+        self._file = path
+        data = read_state(path, "pulled images")
+        if data is None:
+            return
+        nodes = data.get("nodes")
+        if data.get("format") != IMAGES_FORMAT or not isinstance(nodes, dict):
+            log.warning("ignoring %s (pulled images): unknown format; the nodes pull again", path)
+            return
+        for node, cached in nodes.items():
+            if node not in self.images or not isinstance(cached, dict):
+                continue
+            for image, size in cached.items():
+                if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+                    self.images[node].cached[str(image)] = size
+
+    def _save_images(self) -> None:
+        if self._file is not None:
+            nodes = {node: dict(i.cached) for node, i in self.images.items() if i.cached}
+            write_state(self._file, {"format": IMAGES_FORMAT, "nodes": nodes})
 
     # --- desired state ------------------------------------------------------------
 
@@ -238,6 +274,7 @@ class WorkloadModel:
         images = self.images[node]
         images.pulling.pop(image, None)
         images.cached[image] = size
+        self._save_images()
 
     def _alive(self, pod: Pod, epoch: int) -> bool:
         return pod.epoch == epoch and self.pods.get(pod.name) is pod
