@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from fleetplane.cli.rollout_cmd import action_problem, rich_status
+from fleetplane.cli.rollout_cmd import action_problem, plain_status, progress_line, rich_status, stop_lines
 from fleetplane.controllers.rollout import RolloutState, SiteObservation, Strategy, step
 from fleetplane.core.store import Store, open_store
 from fleetplane.kinds import ROLLOUT
@@ -298,3 +298,25 @@ def test_the_cli_refuses_exactly_what_the_engine_would_reject(action: str) -> No
         assert (action_problem(action, obj) is None) == (not result.rejected), (action, state.phase)
         phases.add(state.phase)
     assert {"Pending", "Progressing", "Paused", "Soaking", "Completed", "Failed", "RollingBack"} <= phases
+
+
+def test_following_names_the_wave_as_the_status_does_and_scores_read_as_scores() -> None:
+    waves = [
+        {"index": i, "role": "canary" if i == 0 else "batch", "counts": {"pending": 3}} for i in range(11)
+    ]
+    ro = {
+        "metadata": {"name": "ab", "namespace": NS},
+        "spec": {},
+        "status": {
+            "phase": "Soaking",
+            "currentWave": 1,
+            "waves": waves,
+            "comparison": {"groupA": 89.52173913043478, "groupB": 91.0, "groupASites": 23, "groupBSites": 40,
+                           "threshold": 5},
+        },
+    }  # fmt: skip
+    line = progress_line(ro, time.time())
+    assert "wave 1 (batch), 11 waves" in line  # "wave 1" is what the snapshot calls it too
+    assert any(w.startswith("wave 1 (batch): ") for w in plain_status(ro, time.time()).splitlines())
+    (comparison,) = [x for x in stop_lines(ro) if x.startswith("comparison:")]
+    assert "group A health 89.5 (23 sites) vs group B 91.0 (40 sites), threshold 5" in comparison

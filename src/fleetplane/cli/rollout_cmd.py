@@ -134,12 +134,19 @@ def stop_lines(ro: dict[str, Any]) -> list[str]:
         out.append(f"message: {status['message']}")
     comparison = status.get("comparison")
     if comparison:
+        a, b, threshold = (_score(comparison.get(k)) for k in ("groupA", "groupB", "threshold"))
         out.append(
-            f"comparison: group A health {comparison.get('groupA')} ({comparison.get('groupASites')} sites) "
-            f"vs group B {comparison.get('groupB')} ({comparison.get('groupBSites')} sites), "
-            f"threshold {comparison.get('threshold')}"
+            f"comparison: group A health {a} ({comparison.get('groupASites')} sites) "
+            f"vs group B {b} ({comparison.get('groupBSites')} sites), threshold {threshold}"
         )
     return out
+
+
+def _score(value: Any) -> str:
+    """A health score as the console shows it: one decimal (the mean of a group is a float)."""
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return "-" if value is None else str(value)
 
 
 def wave_line(wave: dict[str, Any]) -> str:
@@ -166,7 +173,10 @@ def progress_line(ro: dict[str, Any], now: float) -> str:
     """One line per change while following without a terminal (``-w`` in CI)."""
     status = _status(ro)
     waves = status.get("waves") or []
-    where = f"wave {int(status.get('currentWave') or 0) + 1}/{len(waves)}" if waves else "no waves"
+    current = int(status.get("currentWave") or 0)
+    role = next((w.get("role") for w in waves if w.get("index") == current), None)
+    # Waves are numbered from 0 here as in the status and its other lines ("wave 0 (canary)").
+    where = f"wave {current}{f' ({role})' if role else ''}, {len(waves)} waves" if waves else "no waves"
     line = f"{phase_of(ro)} {where}, {totals_text(_counts(status))}, eta {eta_text(ro, now)}"
     if phase_of(ro) in TERMINAL and status.get("reason"):
         line += f", reason {status['reason']}"
