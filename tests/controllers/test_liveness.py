@@ -121,9 +121,8 @@ def test_a_stalled_control_plane_marks_no_site_offline_for_the_stall(
     assert "did not watch sites for" in caplog.text
 
 
-def test_the_deadline_heap_touches_only_what_is_due() -> None:
-    now = [1_000_000.5]  # not a whole second: whole-second stamps are credited to the end of it
-    controller = LivenessController(None, None, offline_after=30, clock=lambda: now[0])  # type: ignore[arg-type]
+def record_phases(controller: LivenessController) -> list[SiteKey]:
+    """A controller with no store: the sites it marks, in order (and it remembers the phase)."""
     marked: list[SiteKey] = []
 
     async def set_phase(key: SiteKey, phase: str) -> bool:
@@ -132,6 +131,13 @@ def test_the_deadline_heap_touches_only_what_is_due() -> None:
         return True
 
     controller._set_phase = set_phase  # type: ignore[method-assign]
+    return marked
+
+
+def test_the_deadline_heap_touches_only_what_is_due() -> None:
+    now = [1_000_000.5]  # not a whole second: whole-second stamps are credited to the end of it
+    controller = LivenessController(None, None, offline_after=30, clock=lambda: now[0])  # type: ignore[arg-type]
+    marked = record_phases(controller)
     iso = dt.datetime.fromtimestamp(now[0], dt.UTC)
     for i in range(10_000):
         when = (iso - dt.timedelta(seconds=i % 60)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -161,14 +167,7 @@ def test_a_site_that_reports_often_leaves_no_trail_of_deadlines() -> None:
     # A long offline window and frequent reports: every report supersedes the last deadline.
     now = [2_000_000.5]
     controller = LivenessController(None, None, offline_after=600, clock=lambda: now[0])  # type: ignore[arg-type]
-    marked: list[SiteKey] = []
-
-    async def set_phase(key: SiteKey, phase: str) -> bool:
-        marked.append(key)
-        controller.phase[key] = phase
-        return True
-
-    controller._set_phase = set_phase  # type: ignore[method-assign]
+    marked = record_phases(controller)
     for _ in range(120):  # ten minutes of reports every 5 s from 100 sites
         when = dt.datetime.fromtimestamp(now[0], dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         for i in range(100):

@@ -13,8 +13,8 @@ The controllers run on a real store and hub with an in-process stand-in for the 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from fleetplane.core.selectors import parse_selector
 from fleetplane.core.store import Event, EventType, Store, open_store
 from fleetplane.kinds import OS_UPGRADE, SITE, SITE_MANIFEST, VIRTUAL_SITE
 from tests.support.rollout_fleet import TENANT, Controllers, rollout_status
+from tests.support.waiting import eventually
 
 OLD, NEW = "fleetos-1.4.2", "fleetos-2.0.0"
 SITES = [f"s{i}" for i in range(6)]
@@ -105,15 +106,7 @@ def upgrade(version: str, strategy: dict[str, Any]) -> Obj:
     return OS_UPGRADE.normalize({"metadata": {"name": "up", "namespace": "shop"}, "spec": spec})
 
 
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; last {got!r}")
-        await asyncio.sleep(0.03)
+until = functools.partial(eventually, timeout=20.0)  # a rollout takes a few steps
 
 
 def os_section(store: Store, site: str) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from fleetplane.core.watch import WatchHub
 from fleetplane.kinds import RESOURCE_RESERVATION, SITE, VIRTUAL_SITE
 from fleetplane.kinds.history import MAX_REVISIONS
 from tests.support.rollout_fleet import TENANT, Controllers, FakeFleet, revision_of, rollout_status
+from tests.support.waiting import eventually
 
 SITES = [f"s{i}" for i in range(6)]
 
@@ -58,15 +60,7 @@ def patch_spec(store: Store, name: str, **fields: Any) -> None:
     store.update(TENANT, {**ro, "spec": {**ro["spec"], **fields}}, part="main")
 
 
-async def until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = await asyncio.to_thread(check)
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out; last {got!r}")
-        await asyncio.sleep(0.03)
+until = functools.partial(eventually, timeout=15.0)  # a rollout takes a few steps
 
 
 def phase(store: Store, name: str, *phases: str) -> Callable[[], dict[str, Any] | None]:

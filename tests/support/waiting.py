@@ -9,14 +9,15 @@ from typing import Any
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """The first truthy answer of ``check`` (run off the loop), or AssertionError at timeout."""
+    """The first truthy answer of ``check`` (run off the loop), or AssertionError at timeout
+    with the last answer."""
     deadline = time.monotonic() + timeout
     while True:
         got = await asyncio.to_thread(check)
         if got:
             return got
         if time.monotonic() > deadline:
-            raise AssertionError("never converged")
+            raise AssertionError(f"never converged; last {got!r}")
         await asyncio.sleep(0.02)
 
 
