@@ -162,6 +162,31 @@ def test_apply_creates_then_unchanged_then_configured(srv: ServerProcess, tmp_pa
     )
 
 
+def test_apply_keeps_what_others_set_and_removes_what_the_file_dropped(srv: ServerProcess) -> None:
+    # A site onboarded with its token's label and a description, never applied from a file.
+    with srv.client() as admin:
+        admin.create("sites", {"metadata": {"name": "ap-onboarded", "labels": {"apenv": "prod"}},
+                               "spec": {"description": "registered from host vm"}})  # fmt: skip
+    doc = site_doc("ap-onboarded", {"apzone": "north", "apfn": "weld"})
+
+    def apply() -> str:
+        return ok(run(srv, "apply", "-f", "-", stdin=yaml.safe_dump(doc))).strip()
+
+    def stored() -> dict[str, Any]:
+        site: dict[str, Any] = json.loads(ok(run(srv, "get", "site", "ap-onboarded", "-o", "json")))
+        return site
+
+    assert apply() == "site/ap-onboarded configured"
+    assert stored()["metadata"]["labels"] == {"apenv": "prod", "apzone": "north", "apfn": "weld"}
+    assert stored()["spec"]["description"] == "registered from host vm"
+    assert apply() == "site/ap-onboarded unchanged"
+    # The file drops a label it set: it goes; the onboarding label stays. (Label keys of its
+    # own: the module shares one server.)
+    doc["metadata"]["labels"] = {"apzone": "north"}
+    assert apply() == "site/ap-onboarded configured"
+    assert stored()["metadata"]["labels"] == {"apenv": "prod", "apzone": "north"}
+
+
 def test_apply_from_stdin_yaml_and_json(srv: ServerProcess) -> None:
     text = yaml.safe_dump_all(
         [site_doc("stdin-yaml-1", {"src": "yaml"}), site_doc("stdin-yaml-2", {"src": "yaml"})]

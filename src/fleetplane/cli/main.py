@@ -13,6 +13,7 @@ from rich.console import Console
 
 from fleetplane.cli import output
 from fleetplane.client import Client, Connection
+from fleetplane.core.apply import applied
 from fleetplane.core.errors import ApiError
 from fleetplane.core.registry import KindInfo
 from fleetplane.kinds import REGISTRY
@@ -248,14 +249,9 @@ def _apply_one(client: Client, res: Resource, ns: str | None, doc: dict[str, Any
         except ApiError as exc:
             if exc.code != 404:
                 raise
-            client.create(res.plural, doc, ns)
+            client.create(res.plural, applied(None, doc), ns)
             return "created"
-        wanted = {**current, "metadata": {**current["metadata"]}}
-        for field in ("labels", "annotations"):
-            if field in (doc.get("metadata") or {}):
-                wanted["metadata"][field] = doc["metadata"][field]
-        if "spec" in doc:
-            wanted["spec"] = doc["spec"]
+        wanted = applied(current, doc)  # kubectl apply's three-way merge (core/apply.py)
         try:
             updated = client.replace(res.plural, wanted, ns)
         except ApiError as exc:

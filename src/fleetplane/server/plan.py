@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 
 from fleetplane.controllers.plan import Change, plan_changes
 from fleetplane.controllers.sections import SECTIONS
+from fleetplane.core.apply import applied
 from fleetplane.core.errors import ApiError, Cause, bad_request, invalid
 from fleetplane.core.objects import Obj
 from fleetplane.core.registry import API_VERSION, KindInfo, Scope
@@ -56,17 +57,15 @@ def _refuse(err: ApiError, where: str, what: str) -> ApiError:
 
 
 def _merged(info: KindInfo, doc: Obj, current: Obj | None) -> Obj:
-    """What ``fleetplane apply`` would store: the file's labels, annotations and spec over
-    the stored object (the server owns the rest)."""
+    """What ``fleetplane apply`` would store (``core/apply.py``: the file's labels, annotations
+    and spec merged three ways over the stored object; the server owns the rest), with the
+    defaults the server fills in on write."""
     if current is None:
-        return {**doc, "metadata": {**doc["metadata"], "generation": 1}}
-    meta = {**current["metadata"]}
-    for field in ("labels", "annotations"):
-        if field in (doc.get("metadata") or {}):
-            meta[field] = doc["metadata"][field]
-    out = {**current, "metadata": meta}
+        normal = info.normalize(applied(None, doc))
+        return {**normal, "metadata": {**normal["metadata"], "generation": 1}}
+    out = applied(current, doc)
     if info.spec_model is not None:
-        out["spec"] = doc.get("spec") or {}
+        out["spec"] = info.normalize({**doc, "spec": out.get("spec") or {}}).get("spec") or {}
     return out
 
 
@@ -94,8 +93,8 @@ def _check_one(
     name = str(doc["metadata"].get("name") or "")
     current = ctx.store.get_or_none(tenant, info.kind, namespace or "", name) if name else None
     authorize(principal, "update" if current is not None else "create", info, namespace)
-    normal = info.normalize(doc)
-    obj = _merged(info, normal, current)
+    info.normalize(doc)  # refuses a bad file by field, as apply would
+    obj = _merged(info, doc, current)
     _check_references(ctx, tenant, info, obj, current, planned)
     planned[(info.kind, namespace or "", name)] = obj
     return Change(obj=obj, current=current)
