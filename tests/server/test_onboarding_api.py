@@ -218,10 +218,20 @@ def test_cli_tokens_and_registrations(server: ServerProcess, tmp_path: Path) -> 
     token = next(w for w in r.stdout.split() if w.startswith("fpt_"))
     assert "--ca-hash sha256:" in r.stdout
     agent = Agent(server, tmp_path, "cli-site")
-    reg = agent.register(token=token).json()["name"]
+    facts = {
+        "hostname": "cli-site.local",
+        "hardware": {"model": "FB-2024", "cpuCores": 8, "memoryMiB": 16384, "serial": "SN-42"},
+        "coordinates": {"latitude": 35.6, "longitude": 139.7},
+    }
+    reg = agent.register(token=token, facts=facts).json()["name"]
     r = server.cli("get", "registrations")
     assert r.returncode == 0, r.stderr
     assert "REQUESTED NAME" in r.stdout and "HOSTNAME" in r.stdout and reg in r.stdout
+    # The box and where it is, to decide on (SCENARIOS step 4); more with -o wide.
+    row = next(line for line in r.stdout.splitlines() if reg in line)
+    assert "FB-2024" in row and "latitude=35.6,longitude=139.7" in row and "SN-42" not in row
+    wide = server.cli("get", "registrations", "-o", "wide").stdout
+    assert "SN-42" in next(line for line in wide.splitlines() if reg in line)
     r = server.cli("registrations", "accept", reg, "--name", "cli-site-2", "--label", "c=3")
     assert r.returncode == 0, r.stderr
     assert "cli-site-2" in r.stdout

@@ -62,6 +62,10 @@ class ServerProcess:
         env = {**os.environ, "FLEETPLANE_CONFIG": str(self.config), "PYTHONUNBUFFERED": "1"}
         env.pop("FLEETPLANE_SERVER", None)
         env.pop("FLEETPLANE_KEY", None)
+        # pytest-xdist's workers set COLUMNS=80 and LINES=24; a script that runs the CLI
+        # through a pipe has neither (and then gets whole rows).
+        env.pop("COLUMNS", None)
+        env.pop("LINES", None)
         return env
 
     def start(self, timeout: float = 30.0) -> ServerProcess:

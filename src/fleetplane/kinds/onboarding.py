@@ -154,7 +154,13 @@ REGISTRATION = KindInfo(
         Column("REQUESTED NAME", "spec.requestedName"),
         Column("HOSTNAME", "spec.facts.hostname"),
         Column("METHOD", "spec.method"),
+        # What an operator decides on (SCENARIOS step 4): the box, where it is, what it asks.
+        Column("MODEL", "spec.facts.hardware.model"),
+        Column("LOCATION", "spec.facts.coordinates"),
         Column("LABELS", "spec.requestedLabels"),
+        Column("CPUS", "spec.facts.hardware.cpuCores", wide_only=True),
+        Column("MEMORY MIB", "spec.facts.hardware.memoryMiB", wide_only=True),
+        Column("SERIAL", "spec.facts.hardware.serial", wide_only=True),
         Column("SITE", "status.site", wide_only=True),
         Column("REASON", "status.reason", wide_only=True),
         Column("AGE", "metadata.creationTimestamp"),

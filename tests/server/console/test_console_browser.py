@@ -138,10 +138,18 @@ def test_accepting_a_registration_shows_the_new_site_without_a_reload(
     page.wait_for_selector("#registrations")
     page.evaluate("window.__sameDocument = true")
     agent = Agent(server, tmp_path_factory.mktemp("agent"), "osaka-store")
-    r = agent.register(token=new_token(admin, "browser"))
+    facts = {
+        "hostname": "osaka-store.local",
+        "hardware": {"model": "Fleetbox FB-2024", "cpuCores": 8, "memoryMiB": 16384, "serial": "SN-1"},
+        "coordinates": {"latitude": 34.69, "longitude": 135.5},
+    }
+    r = agent.register(token=new_token(admin, "browser"), facts=facts)
     assert r.status_code in (200, 201, 202), r.text
     row = f'tr[data-registration="{r.json()["name"]}"]'
     page.wait_for_selector(row + '[data-phase="Pending"]')  # arrived live, over the event stream
+    # What the operator decides on: the box and where it is (SCENARIOS step 4).
+    assert page.inner_text(row + " td.hardware") == "Fleetbox FB-2024, 8 cores, 16 GiB"
+    assert page.inner_text(row + " td.location") == "34.69, 135.50"
     shot(page, "registrations")
     page.click(row + " button.accept")
     page.wait_for_selector(row + '[data-phase="Accepted"]')

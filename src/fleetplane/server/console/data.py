@@ -205,6 +205,28 @@ async def virtual_sites(request: Request) -> JsonResponse:
     return JsonResponse({"items": items})
 
 
+def _hardware(hardware: Any) -> str:
+    """``Fleetbox FB-2024, 16 cores, 64 GiB`` from a registration's hardware facts."""
+    if not isinstance(hardware, dict):
+        return ""
+    parts = [str(hardware["model"])] if hardware.get("model") else []
+    if isinstance(hardware.get("cpuCores"), int):
+        parts.append(f"{hardware['cpuCores']} cores")
+    if isinstance(hardware.get("memoryMiB"), int):
+        parts.append(f"{hardware['memoryMiB'] / 1024:g} GiB")
+    return ", ".join(parts)
+
+
+def _location(coordinates: Any) -> str:
+    """``35.60, 139.70`` (latitude, longitude) from a registration's facts."""
+    if not isinstance(coordinates, dict):
+        return ""
+    lat, lon = coordinates.get("latitude"), coordinates.get("longitude")
+    if isinstance(lat, int | float) and isinstance(lon, int | float):
+        return f"{lat:.2f}, {lon:.2f}"
+    return ""
+
+
 @router.get("/registrations")
 async def registrations(request: Request) -> JsonResponse:
     ctx, who = ctx_of(request), (await session(request)).principal
@@ -222,6 +244,8 @@ async def registrations(request: Request) -> JsonResponse:
                 "method": spec.get("method"),
                 "source": spec.get("tokenName") or spec.get("manufacturer") or "",
                 "hostname": facts.get("hostname") or "",
+                "hardware": _hardware(facts.get("hardware")),
+                "location": _location(facts.get("coordinates")),
                 "labels": spec.get("requestedLabels") or {},
                 "site": status.get("site"),
                 "reason": status.get("reason"),

@@ -103,13 +103,15 @@
         h("td", {}, r.name),
         h("td", {}, r.phase),
         h("td", {}, r.hostname || "–"),
+        h("td", { class: "hardware" }, r.hardware || "–"),
+        h("td", { class: "location" }, r.location || "–"),
         h("td", {}, `${r.method || ""} ${r.source}`),
         h("td", {}, labels(r.labels)),
         h("td", {}, ago(r.created)),
         actions,
       );
     });
-    root.append(table(["Name", "Phase", "Hostname", "Via", "Requested labels", "Asked", ""], rows, { id: "registrations" }));
+    root.append(table(["Name", "Phase", "Hostname", "Hardware", "Location", "Via", "Requested labels", "Asked", ""], rows, { id: "registrations" }));
   });
 
   simple("rollouts", ["Rollout"], async (root) => {
